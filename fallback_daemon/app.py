@@ -1,0 +1,156 @@
+"""Composition root: opens the database, provider clients, web server and loops, and closes them in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import secrets
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from fallback_daemon import config, embedded, errors, loops, migrate, ratelimit, service, store, web as web_
+from fallback_daemon.providers import acs, alibaba_sms, cams
+from fallback_daemon.web import keys
+
+log = structlog.get_logger("fallback_daemon.app")
+SANDBOX_API_TOKEN = "sandbox-token-not-secret"  # only ever used with --sandbox / demo (documented)
+
+
+@dataclasses.dataclass
+class Running:
+    """Handles on a running daemon (used by the demo and tests)."""
+
+    settings: config.Settings
+    svc: service.Service
+    url: str
+    sandbox_url: str | None
+    stop: asyncio.Event
+    ready: asyncio.Event
+
+
+async def database_dsn(settings: config.Settings) -> str:
+    if settings.database_url:
+        return settings.database_url.reveal()
+    return await embedded.start(settings.data_dir)
+
+
+@contextlib.asynccontextmanager
+async def open_sandbox(settings: config.Settings) -> AsyncIterator[tuple[config.Settings, object]]:
+    """Start the built-in sandbox in-process and point the providers at it."""
+    from fallback_daemon import sandbox  # the sandbox is only imported when asked for
+
+    sb_config = sandbox.SandboxConfig()
+    sb = await sandbox.serve(sb_config, "127.0.0.1", 0)
+    try:
+        settings = dataclasses.replace(
+            settings,
+            access_key_id=sb_config.access_key_id,
+            access_key_secret=config.Secret(sb_config.access_key_secret),
+            cams_endpoint=sb.url,
+            sms_endpoint=sb.url,
+            sms_from=settings.sms_from or "FallbackDemo",
+            receipt_token=settings.receipt_token or config.Secret(secrets.token_urlsafe(24)),
+            api_token=settings.api_token or config.Secret(SANDBOX_API_TOKEN),
+        )
+        yield settings, sb
+    finally:
+        await sb.close()
+
+
+def check_can_run(settings: config.Settings, *, use_sandbox: bool) -> None:
+    if not use_sandbox:
+        missing = settings.provider_credentials_missing
+        if missing:
+            raise errors.ConfigError(missing[0], f"required without --sandbox (also missing: {', '.join(missing)})")
+        if settings.sandbox_timer_scale != 1.0:
+            raise errors.ConfigError("FALLBACK_SANDBOX_TIMER_SCALE", "only allowed with --sandbox or demo")
+
+
+async def serve(
+    settings: config.Settings,
+    *,
+    use_sandbox: bool = False,
+    run_migrations: bool = True,
+    started: asyncio.Future[Running] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the daemon until `stop` is set (SIGTERM/SIGINT set it)."""
+    check_can_run(settings, use_sandbox=use_sandbox)
+    stop = stop or asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        sandbox_url = None
+        sb = None
+        if use_sandbox:
+            settings, sb = await stack.enter_async_context(open_sandbox(settings))
+            sandbox_url = sb.url  # type: ignore[attr-defined]
+        dsn = await database_dsn(settings)
+        db = await store.Store.connect(dsn, max_size=10)
+        stack.push_async_callback(db.close)
+        if run_migrations:
+            async with db.connection() as conn:
+                await migrate.migrate(conn)
+
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.send_concurrency * 2), raise_for_status=False
+        )
+        stack.push_async_callback(acs.close_quietly, session)
+
+        def client(endpoint: str, version: str) -> acs.AcsClient:
+            return acs.AcsClient(session, endpoint=endpoint, version=version, access_key_id=settings.access_key_id,
+                                 access_key_secret=settings.access_key_secret.reveal(),
+                                 timeout_s=settings.send_timeout_s)
+
+        chat = cams.CamsClient(client(settings.cams_endpoint, cams.VERSION))
+        sms = alibaba_sms.GlobeSms(client(settings.sms_endpoint, alibaba_sms.VERSION), sender=settings.sms_from)
+        svc = service.Service(db, sms_template=settings.sms_template,
+                              timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0)
+        limiter = ratelimit.RateLimiter(db, name="cams", rate=settings.send_rate, burst=settings.send_burst)
+        send_lease = settings.send_timeout_s * 3 + 30
+        sender = loops.SenderLoop(svc, chat, limiter, concurrency=settings.send_concurrency,
+                                  max_attempts=settings.send_max_attempts, lease_s=send_lease)
+        timer = loops.TimerLoop(svc, sms, batch=settings.fire_batch, lease_s=settings.firing_lease_s,
+                                max_sleep_s=settings.timer_max_sleep_s, concurrency=settings.send_concurrency,
+                                sms_max_attempts=settings.sms_max_attempts)
+        recovery = loops.RecoveryLoop(svc, timer, resend=settings.recovery_mode == "resend")
+
+        app = web_.create_app(settings, svc)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        await site.start()
+        port = runner.addresses[0][1]
+        url = f"http://{settings.http_host}:{port}"
+        if sb is not None:
+            token = settings.receipt_token.reveal()
+            sb.set_callbacks(f"{url}/receipts/{token}/chatapp", f"{url}/receipts/{token}/sms")  # type: ignore[attr-defined]
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("daemon_started", url=url, sandbox=sandbox_url, recovery_mode=settings.recovery_mode)
+        ready = asyncio.Event()
+        app[keys.READY]["ready"] = True
+        ready.set()
+        if started is not None and not started.done():
+            started.set_result(Running(settings=settings, svc=svc, url=url, sandbox_url=sandbox_url,
+                                       stop=stop, ready=ready))
+        grace = settings.shutdown_grace_s
+        async with db.listen({store.CHANNEL_SEND: sender.wake, store.CHANNEL_DUE: timer.wake}):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(sender.run(stop, grace), name="sender")
+                tg.create_task(timer.run(stop, grace), name="timer")
+                tg.create_task(recovery.run(stop), name="recovery")
+                tg.create_task(_stop_readiness(app, stop), name="readiness")
+        log.info("daemon_stopped")
+
+
+async def _stop_readiness(app: web.Application, stop: asyncio.Event) -> None:
+    await stop.wait()
+    app[keys.READY]["ready"] = False

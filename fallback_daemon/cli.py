@@ -1,0 +1,102 @@
+"""The `fallback-daemon` command: migrate, run, sandbox, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from fallback_daemon import app, config, errors, logs, migrate, store
+
+log = structlog.get_logger("fallback_daemon.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fallback-daemon",
+        description="ChatApp (CAMS) messages with a durable SMS fallback. Configured by environment "
+        "variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    run = sub.add_parser("run", help="run the daemon (HTTP server, sender, timers)")
+    run.add_argument("--sandbox", action="store_true", help="start the built-in Alibaba sandbox in-process")
+    run.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
+    sb = sub.add_parser("sandbox", help="run the Alibaba sandbox alone (CAMS, SMS) for a daemon to talk to")
+    sb.add_argument("--host", default="127.0.0.1")
+    sb.add_argument("--port", type=int, default=9100)
+    sb.add_argument("--chatapp-callback", help="URL the sandbox posts ChatApp status reports to")
+    sb.add_argument("--sms-callback", help="URL the sandbox posts SMS reports to")
+    sb.add_argument("--mode", choices=["suffix", "mix"], default="suffix", help="how outcomes are chosen")
+    sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--qps", type=int, default=250)
+    sb.add_argument("--duplicate-rate", type=float, default=0.0)
+    sb.add_argument("--omit-task-id-rate", type=float, default=0.0)
+    sb.add_argument("--reorder", action="store_true")
+    sb.add_argument("--access-key-id", default=None)
+    sb.add_argument("--access-key-secret", default=None)
+    demo = sub.add_parser("demo", help="daemon + sandbox + a stream of demo messages, with a live view")
+    demo.add_argument("--count", type=int, default=200, help="messages to send")
+    demo.add_argument("--rate", type=float, default=40.0, help="messages per second to submit")
+    demo.add_argument("--timer-scale", type=float, default=0.1,
+                      help="sandbox-only: multiply FallBackDuration (60 s * 0.1 = 6 s)")
+    demo.add_argument("--exit", action="store_true", help="exit after the summary instead of staying up")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.load(os.environ)
+    except errors.ConfigError as exc:
+        print(f"fallback-daemon: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except errors.ConfigError as exc:
+        print(f"fallback-daemon: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except errors.StoreError as exc:
+        print(f"fallback-daemon: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.command == "migrate":
+        db = await store.Store.connect(await app.database_dsn(settings), min_size=1, max_size=1)
+        try:
+            async with db.connection() as conn:
+                applied = await migrate.migrate(conn)
+        finally:
+            await db.close()
+        print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+        return 0
+    if args.command == "run":
+        await app.serve(settings, use_sandbox=args.sandbox, run_migrations=not args.no_migrate)
+        return 0
+    if args.command == "sandbox":
+        from fallback_daemon import sandbox
+
+        overrides = {k: v for k, v in {
+            "access_key_id": args.access_key_id, "access_key_secret": args.access_key_secret,
+        }.items() if v}
+        sb_config = sandbox.SandboxConfig(
+            chatapp_callback_url=args.chatapp_callback, sms_callback_url=args.sms_callback, mode=args.mode,
+            seed=args.seed, qps=args.qps, duplicate_rate=args.duplicate_rate,
+            omit_task_id_rate=args.omit_task_id_rate, reorder=args.reorder, **overrides,
+        )
+        await sandbox.run_forever(sb_config, args.host, args.port)
+        return 0
+    if args.command == "demo":
+        from fallback_daemon import demo
+
+        return await demo.run(settings, count=args.count, rate=args.rate, timer_scale=args.timer_scale,
+                              stay_up=not args.exit)
+    raise AssertionError(args.command)

@@ -1,0 +1,112 @@
+"""A signed Alibaba Cloud RPC client (ACS3-HMAC-SHA256 over a form body) and its error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import yarl
+
+from fallback_daemon import errors
+from fallback_daemon.providers import signing
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def is_throttling(code: str) -> bool:
+    return code.startswith("Throttling") or code in {"ServiceUnavailable", "System.LimitControl"}
+
+
+@contextlib.asynccontextmanager
+async def map_errors() -> AsyncIterator[None]:
+    """Translate aiohttp errors: not sent → TransientError; maybe sent → AmbiguousError."""
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise errors.TransientError(f"connect failed: {type(exc).__name__}", code="ConnectError") from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ServerDisconnectedError) as exc:
+        raise errors.AmbiguousError(f"no answer after sending: {type(exc).__name__}", code="Timeout") from exc
+    except aiohttp.ClientError as exc:
+        raise errors.AmbiguousError(f"request failed: {type(exc).__name__}: {exc}", code="ClientError") from exc
+
+
+class AcsClient:
+    """One upstream (endpoint + API version), one ClientSession, explicit timeouts."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        endpoint: str,
+        version: str,
+        access_key_id: str,
+        access_key_secret: str,
+        timeout_s: float,
+    ) -> None:
+        self._session = session
+        self._url = yarl.URL(endpoint).with_path("/")
+        self._host = self._url.host if self._url.is_default_port() else f"{self._url.host}:{self._url.port}"
+        self._version = version
+        self._ak = access_key_id
+        self._secret = access_key_secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(3.0, timeout_s))
+
+    def signed_request(self, action: str, params: Mapping[str, str]) -> tuple[dict[str, str], bytes]:
+        """Headers and body for one call (exposed for tests)."""
+        body = signing.canonical_query(params).encode()
+        payload_hash = hashlib.sha256(body).hexdigest()
+        headers = {
+            "host": self._host,
+            "x-acs-action": action,
+            "x-acs-version": self._version,
+            "x-acs-date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "x-acs-signature-nonce": uuid.uuid4().hex,
+            "x-acs-content-sha256": payload_hash,
+        }
+        headers["Authorization"] = signing.acs3_authorization(
+            access_key_id=self._ak, secret=self._secret, method="POST", path="/", query={},
+            headers=headers, payload_hash=payload_hash,
+        )
+        headers["content-type"] = "application/x-www-form-urlencoded"
+        headers["accept"] = "application/json"
+        return headers, body
+
+    async def call(self, action: str, params: Mapping[str, str], *, ok_field: str = "Code") -> dict[str, Any]:
+        """POST one RPC call; return the JSON body when `ok_field` is "OK".
+
+        Raises:
+            errors.TransientError: throttling, 5xx, connect failures.
+            errors.PermanentError: any other error code.
+            errors.AmbiguousError: the request went out but no answer came back.
+        """
+        headers, body = self.signed_request(action, params)
+        async with map_errors(), self._session.post(
+            self._url, data=body, headers=headers, timeout=self._timeout
+        ) as resp:
+            status = resp.status
+            try:
+                payload = await resp.json(content_type=None)
+            except (ValueError, aiohttp.ContentTypeError):
+                payload = None
+        if not isinstance(payload, dict):
+            if status in RETRYABLE_STATUS:
+                raise errors.TransientError(f"HTTP {status}", status=status, code=f"HTTP{status}")
+            raise errors.AmbiguousError(f"HTTP {status} with a body that is not JSON", status=status)
+        code = str(payload.get(ok_field) or payload.get("Code") or "")
+        if status == 200 and code == "OK":
+            return payload
+        message = str(payload.get("Message") or payload.get("ResponseDescription") or "")
+        if is_throttling(code) or status in RETRYABLE_STATUS:
+            raise errors.TransientError(f"{code}: {message}", code=code, status=status)
+        raise errors.PermanentError(f"{code}: {message}", code=code or f"HTTP{status}", status=status)
+
+
+async def close_quietly(session: aiohttp.ClientSession) -> None:
+    await session.close()
+    await asyncio.sleep(0)  # let aiohttp's transports finish closing (documented graceful-close idiom)

@@ -1,0 +1,203 @@
+-- Every query the daemon runs, loaded by name (fallback_daemon/sql.py). Each block starts with
+-- `-- name: <name> --`, then a comment listing the asyncpg parameters in order.
+
+-- name: insert_messages --
+-- $1 idempotency_key text[], $2 channel text[], $3 to text[], $4 from text[], $5 client_task_id text[],
+-- $6 params jsonb[], $7 rule text[], $8 duration_s int[], $9 sms_text text[], $10 fallback_state text[],
+-- $11 timer_s float8[] (NULL: no timer)
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
+                         $8::int[], $9::text[], $10::text[], $11::float8[])
+           AS t(idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
+                sms_text, fallback_state, timer_s)
+), ins AS (
+    INSERT INTO messages (idempotency_key, channel, to_number, from_number, client_task_id, params,
+                          fallback_rule, fallback_duration_s, sms_text, fallback_state, due_at)
+    SELECT idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
+           sms_text, fallback_state,
+           CASE WHEN timer_s IS NULL OR fallback_state <> 'armed' THEN NULL
+                ELSE now() + timer_s * interval '1 second' END
+    FROM input
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, idempotency_key, fallback_state, due_at
+), ev AS (
+    INSERT INTO message_events (message_id, kind, detail)
+    SELECT id, 'accepted', jsonb_build_object('fallback_state', fallback_state, 'due_at', due_at) FROM ins
+)
+SELECT id, idempotency_key FROM ins;
+
+-- name: messages_by_idempotency_keys --
+-- $1 keys text[]
+SELECT id, idempotency_key, chat_state, fallback_state FROM messages WHERE idempotency_key = ANY($1::text[]);
+
+-- name: claim_sends --
+-- $1 limit int, $2 lease seconds float8
+WITH c AS (
+    SELECT id FROM messages
+    WHERE chat_state = 'accepted' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m
+SET chat_state = 'sending', send_attempts = m.send_attempts + 1,
+    send_lease_until = now() + $2 * interval '1 second', updated_at = now()
+FROM c WHERE m.id = c.id
+RETURNING m.id, m.params, m.send_attempts, m.to_number, m.channel;
+
+-- name: retry_send --
+-- $1 id uuid, $2 delay seconds float8, $3 error text
+WITH u AS (
+    UPDATE messages SET chat_state = 'accepted', next_attempt_at = now() + $2 * interval '1 second',
+                        last_error = $3, send_lease_until = NULL, updated_at = now()
+    WHERE id = $1 AND chat_state = 'sending'
+    RETURNING id, send_attempts, next_attempt_at
+)
+INSERT INTO message_events (message_id, kind, detail)
+SELECT id, 'send_retry', jsonb_build_object('error', $3::text, 'attempt', send_attempts, 'next_attempt_at', next_attempt_at)
+FROM u;
+
+-- name: stale_sends --
+-- $1 limit int. Messages whose send lease ran out (a replica died mid-send): their outcome is unknown.
+SELECT id FROM messages
+WHERE chat_state = 'sending' AND send_lease_until < now()
+ORDER BY send_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
+
+-- name: lock_messages --
+-- $1 ids uuid[], $2 provider message ids text[]. Locks in id order so concurrent batches cannot deadlock.
+SELECT id, chat_state, fallback_state, fallback_rule, double_delivered, provider_message_id
+FROM messages
+WHERE id = ANY($1::uuid[]) OR provider_message_id = ANY($2::text[])
+ORDER BY id
+FOR UPDATE;
+
+-- name: update_messages --
+-- $1 id uuid[], $2 chat text[], $3 fallback text[], $4 fire_reason text[] (NULL: no change),
+-- $5 double_delivered bool[], $6 provider_message_id text[] (NULL: no change), $7 error text[], $8 hold_reason text[],
+-- $9 sms_provider_id text[] (NULL: no change)
+UPDATE messages m
+SET chat_state = u.chat,
+    fallback_state = u.fallback,
+    due_at = CASE WHEN u.fire IS NOT NULL THEN now()
+                  WHEN u.fallback <> 'armed' THEN NULL
+                  ELSE m.due_at END,
+    fire_reason = coalesce(u.fire, m.fire_reason),
+    double_delivered = m.double_delivered OR u.dbl,
+    provider_message_id = coalesce(u.pid, m.provider_message_id),
+    sms_provider_id = coalesce(u.spid, m.sms_provider_id),
+    sent_at = CASE WHEN u.pid IS NOT NULL THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
+    last_error = coalesce(u.err, m.last_error),
+    hold_reason = CASE WHEN u.fallback = 'held' THEN coalesce(u.hold, m.hold_reason) ELSE NULL END,
+    send_lease_until = CASE WHEN u.chat = 'sending' THEN m.send_lease_until ELSE NULL END,
+    fire_lease_until = CASE WHEN u.fallback = 'firing' THEN m.fire_lease_until ELSE NULL END,
+    updated_at = now()
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[],
+            $9::text[])
+     AS u(id, chat, fallback, fire, dbl, pid, err, hold, spid)
+WHERE m.id = u.id;
+
+-- name: insert_events --
+-- $1 message_id uuid[], $2 kind text[], $3 detail jsonb[]
+INSERT INTO message_events (message_id, kind, detail)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[]);
+
+-- name: insert_receipts --
+-- $1 kind text, $2 source text, $3 provider_id text[], $4 status text[], $5 task_id text[], $6 raw jsonb[]
+-- Returns only the receipts not seen before (the dedupe key is (kind, provider_id, status)).
+INSERT INTO receipts (kind, source, provider_id, status, task_id, raw)
+SELECT $1, $2, p, s, t, r FROM unnest($3::text[], $4::text[], $5::text[], $6::jsonb[]) AS u(p, s, t, r)
+ORDER BY p, s
+ON CONFLICT ON CONSTRAINT receipts_dedupe DO NOTHING
+RETURNING id, provider_id, status, task_id;
+
+-- name: mark_receipts_applied --
+-- $1 receipt id bigint[], $2 message id uuid[]
+UPDATE receipts r SET message_id = u.mid, applied_at = now()
+FROM unnest($1::bigint[], $2::uuid[]) AS u(id, mid)
+WHERE r.id = u.id;
+
+-- name: lock_parked_receipts --
+-- $1 provider message ids text[]. Receipts that arrived before we knew which message they belong to.
+SELECT id, provider_id, status FROM receipts
+WHERE kind = 'chatapp' AND provider_id = ANY($1::text[]) AND applied_at IS NULL
+ORDER BY id FOR UPDATE;
+
+-- name: claim_due_fallbacks --
+-- $1 limit int, $2 lease seconds float8. The at-most-once transition armed -> firing, with its event rows.
+WITH due AS (
+    SELECT id FROM messages
+    WHERE fallback_state = 'armed' AND due_at <= now()
+    ORDER BY due_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), fired AS (
+    UPDATE messages m
+    SET fallback_state = 'firing', fired_at = now(), fire_reason = coalesce(m.fire_reason, 'timeout'),
+        fire_lease_until = now() + $2 * interval '1 second', sms_attempts = m.sms_attempts + 1,
+        updated_at = now()
+    FROM due
+    WHERE m.id = due.id AND m.fallback_state = 'armed'
+    RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.due_at, m.fired_at, m.channel
+), ev AS (
+    INSERT INTO message_events (message_id, kind, detail)
+    SELECT id, 'fallback_fired',
+           jsonb_build_object('reason', fire_reason, 'due_at', due_at,
+                              'lateness_ms', round(extract(epoch FROM (fired_at - due_at)) * 1000))
+    FROM fired
+)
+SELECT id, to_number, sms_text, fire_reason, channel,
+       extract(epoch FROM (clock_timestamp() - due_at)) AS lateness_s
+FROM fired;
+
+-- name: next_due_in --
+-- Seconds until the next armed fallback is due (NULL: none). Served by the messages_due partial index.
+SELECT extract(epoch FROM (min(due_at) - now()))::float8 AS seconds
+FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL;
+
+-- name: stale_firings --
+-- $1 limit int. Fallbacks whose firing lease ran out before the SMS was recorded (a crash mid-firing).
+SELECT id FROM messages
+WHERE fallback_state = 'firing' AND fire_lease_until < now()
+ORDER BY fire_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
+
+-- name: renew_firing --
+-- $1 id uuid, $2 lease seconds float8. Returns what is needed to (re)send the SMS.
+UPDATE messages
+SET fire_lease_until = now() + $2 * interval '1 second', sms_attempts = sms_attempts + 1, updated_at = now()
+WHERE id = $1 AND fallback_state = 'firing'
+RETURNING id, to_number, sms_text, fire_reason, channel, 0.0::float8 AS lateness_s;
+
+-- name: acquire_tokens --
+-- $1 name text, $2 rate per second float8, $3 capacity float8, $4 wanted int. Returns tokens granted.
+WITH ins AS (
+    INSERT INTO rate_limits (name, tokens, updated_at) VALUES ($1, $3, clock_timestamp())
+    ON CONFLICT (name) DO NOTHING
+), cur AS (
+    SELECT name, least($3, tokens + extract(epoch FROM (clock_timestamp() - updated_at)) * $2) AS avail
+    FROM rate_limits WHERE name = $1
+    FOR UPDATE
+), g AS (
+    SELECT name, avail, greatest(0, least($4, floor(avail)::int)) AS granted FROM cur
+)
+UPDATE rate_limits r SET tokens = g.avail - g.granted, updated_at = clock_timestamp()
+FROM g WHERE r.name = g.name
+RETURNING g.granted, g.avail;
+
+-- name: refund_tokens --
+-- $1 name text, $2 count int, $3 capacity float8
+UPDATE rate_limits SET tokens = least($3, tokens + $2) WHERE name = $1;
+
+-- name: get_message --
+-- $1 id uuid
+SELECT * FROM messages WHERE id = $1;
+
+-- name: get_events --
+-- $1 message id uuid
+SELECT at, kind, detail FROM message_events WHERE message_id = $1 ORDER BY id;
+
+-- name: count_by_state --
+SELECT chat_state, fallback_state, count(*)::int AS n, count(*) FILTER (WHERE double_delivered)::int AS double_delivered
+FROM messages GROUP BY chat_state, fallback_state;
+
+-- name: ping --
+SELECT 1;

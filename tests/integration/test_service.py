@@ -1,0 +1,251 @@
+"""The service against a real Postgres: acceptance, receipts, timers, at-most-once firing, recovery.
+
+Time is driven through the database (due times are moved), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+
+import pytest
+
+from fallback_daemon import model, policy, receipts, service, store, validation
+
+
+def req(to: str = "6591234567", **extra: object) -> model.SendRequest:
+    body = {
+        "ChannelType": "whatsapp", "Type": "message", "MessageType": "text", "From": "6580000000", "To": to,
+        "Content": {"text": "hello"}, "FallBackContent": "hello by sms", "FallBackDuration": 120,
+    }
+    body.update(extra)
+    return validation.validate_send({k: v for k, v in body.items() if v is not None})
+
+
+def chat_receipt(message_id: str, status: str, task_id: str | None) -> model.ChatReceipt:
+    raw = {"MessageId": message_id, "Status": status, "Timestamp": 1691043638000, "From": "1", "To": "2"}
+    if task_id:
+        raw["TaskId"] = task_id
+    [r] = receipts.parse_chatapp_reports([raw])
+    return r
+
+
+async def accept_and_send(svc: service.Service, pid: str, **extra: object) -> uuid.UUID:
+    [a] = await svc.accept([req(**extra)], [None])
+    rows = await svc.claim_sends(10, 60)
+    assert [r["id"] for r in rows] == [a.id]
+    await svc.apply([service.Outcome(message_id=a.id, event=policy.SendOk(), provider_message_id=pid)])
+    return a.id
+
+
+async def state(svc: service.Service, mid: uuid.UUID) -> tuple[str, str]:
+    view = await svc.get_message(mid)
+    assert view is not None
+    return view["chat_state"], view["fallback_state"]
+
+
+async def make_due(db: store.Store, mid: uuid.UUID | None = None) -> None:
+    """Drive time through the database: the message's timer is now due."""
+    if mid is None:
+        await db.execute("UPDATE messages SET due_at = now() - interval '1 second' WHERE due_at IS NOT NULL")
+    else:
+        await db.execute("UPDATE messages SET due_at = now() - interval '1 second' WHERE id = $1", mid)
+
+
+class TestAccept:
+    async def test_accept_arms_a_timer_after_acceptance(self, svc: service.Service, db: store.Store) -> None:
+        """An undelivered message with FallBackDuration is armed with due_at = accepted + duration."""
+        [a] = await svc.accept([req()], [None])
+        row = await db.fetchrow("SELECT created_at, due_at, fallback_state FROM messages WHERE id=$1", a.id)
+        assert row["fallback_state"] == "armed"
+        assert row["due_at"] - row["created_at"] == dt.timedelta(seconds=120)
+
+    async def test_idempotency_key_returns_the_original(self, svc: service.Service, db: store.Store) -> None:
+        """A repeated Idempotency-Key returns the first message and stores nothing new."""
+        [a] = await svc.accept([req()], ["k1"])
+        [b] = await svc.accept([req(to="6599999999")], ["k1"])
+        assert (a.created, b.created, b.id) == (True, False, a.id)
+        assert await db.fetchval("SELECT count(*) FROM messages") == 1
+
+    async def test_sentfailed_and_no_content_have_no_timer(self, svc: service.Service, db: store.Store) -> None:
+        """sentFailed never gets a due time; a message without SMS content has no fallback at all."""
+        [a, b] = await svc.accept([req(FallBackRule="sentFailed"), req(FallBackContent=None)], [None, None])
+        rows = {r["id"]: r for r in await db.fetch("SELECT id, due_at, fallback_state FROM messages")}
+        assert (rows[a.id]["fallback_state"], rows[a.id]["due_at"]) == ("armed", None)
+        assert rows[b.id]["fallback_state"] == "none"
+
+
+class TestReceipts:
+    async def test_delivered_cancels_and_duplicates_change_nothing(self, svc: service.Service) -> None:
+        """Delivered cancels an undelivered fallback; the same receipt again is a stored duplicate."""
+        mid = await accept_and_send(svc, "P1")
+        r1 = await svc.ingest_chat([chat_receipt("P1", "Delivered", str(mid))], "http")
+        r2 = await svc.ingest_chat([chat_receipt("P1", "Delivered", str(mid))], "mns")
+        assert (r1.applied, r2.duplicates, r2.applied) == (1, 1, 0)
+        assert await state(svc, mid) == ("delivered", "cancelled")
+
+    async def test_receipt_before_send_response_matches_by_task_id(self, svc: service.Service) -> None:
+        """A receipt carrying our TaskId applies even while the send call is in flight."""
+        [a] = await svc.accept([req()], [None])
+        await svc.claim_sends(10, 60)
+        await svc.ingest_chat([chat_receipt("P2", "Delivered", str(a.id))], "http")
+        assert await state(svc, a.id) == ("delivered", "cancelled")
+        await svc.apply([service.Outcome(message_id=a.id, event=policy.SendOk(), provider_message_id="P2")])
+        view = await svc.get_message(a.id)
+        assert (view["chat_state"], view["provider_message_id"]) == ("delivered", "P2")
+
+    async def test_unmatched_receipt_is_parked_then_applied(self, svc: service.Service, db: store.Store) -> None:
+        """A receipt without TaskId for an unknown MessageId waits, then applies when the send is recorded."""
+        [a] = await svc.accept([req()], [None])
+        await svc.claim_sends(10, 60)
+        res = await svc.ingest_chat([chat_receipt("P3", "Read", None)], "http")
+        assert res.parked == 1
+        assert await state(svc, a.id) == ("sending", "armed")
+        await svc.apply([service.Outcome(message_id=a.id, event=policy.SendOk(), provider_message_id="P3")])
+        assert await state(svc, a.id) == ("read", "cancelled")
+        assert await db.fetchval("SELECT count(*) FROM receipts WHERE applied_at IS NULL") == 0
+
+    async def test_failed_receipt_fires_through_the_timer_path(self, svc: service.Service) -> None:
+        """A Failed receipt makes the fallback due now; the claim then fires it exactly once."""
+        mid = await accept_and_send(svc, "P4")
+        res = await svc.ingest_chat([chat_receipt("P4", "Failed", str(mid))], "http")
+        assert res.fired == 1
+        fired = await svc.claim_due(100, 60)
+        assert [(r["id"], r["fire_reason"]) for r in fired] == [(mid, "failed_receipt")]
+        assert await svc.claim_due(100, 60) == []
+        assert await state(svc, mid) == ("failed", "firing")
+
+    async def test_late_success_after_fire_is_double_delivered(self, svc: service.Service) -> None:
+        """A Delivered receipt after the fallback fired is recorded as double_delivered, once."""
+        mid = await accept_and_send(svc, "P5")
+        await make_due(svc.db, mid)
+        assert len(await svc.claim_due(10, 60)) == 1
+        await svc.apply([service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id="S5")])
+        res = await svc.ingest_chat([chat_receipt("P5", "Delivered", str(mid)),
+                                     chat_receipt("P5", "Read", str(mid))], "http")
+        assert res.double_delivered == 1
+        view = await svc.get_message(mid)
+        assert (view["chat_state"], view["fallback_state"], view["double_delivered"]) == ("read", "sms_sent", True)
+
+    async def test_sms_receipt_updates_the_fallback_leg(self, svc: service.Service) -> None:
+        """An international SMS report with our id as TaskId moves sms_sent to sms_delivered."""
+        mid = await accept_and_send(svc, "P6")
+        await make_due(svc.db, mid)
+        await svc.claim_due(10, 60)
+        await svc.apply([service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id="S6")])
+        parsed = receipts.parse_sms_reports([{"To": "6591234567", "Status": "1", "ErrorCode": "success",
+                                              "TaskId": str(mid), "MessageId": "S6"}])
+        assert (await svc.ingest_sms(parsed, "http")).applied == 1
+        assert await state(svc, mid) == ("sent", "sms_delivered")
+
+
+class TestTimers:
+    async def test_timer_fires_only_when_due(self, svc: service.Service) -> None:
+        """Nothing fires before due_at; after the due time moves into the past it fires with reason timeout."""
+        mid = await accept_and_send(svc, "T1")
+        assert await svc.claim_due(10, 60) == []
+        assert 100 < await svc.next_due_in() <= 120
+        await make_due(svc.db, mid)
+        [row] = await svc.claim_due(10, 60)
+        assert (row["id"], row["fire_reason"], row["sms_text"]) == (mid, "timeout", "hello by sms")
+
+    async def test_success_committed_before_fire_wins(self, svc: service.Service) -> None:
+        """A Delivered receipt committed after the due time but before the claim cancels the fallback."""
+        mid = await accept_and_send(svc, "T2")
+        await make_due(svc.db, mid)
+        await svc.ingest_chat([chat_receipt("T2", "Delivered", str(mid))], "http")
+        assert await svc.claim_due(10, 60) == []
+        assert await state(svc, mid) == ("delivered", "cancelled")
+
+    async def test_unread_rule_fires_after_delivered(self, svc: service.Service) -> None:
+        """With rule unread, Delivered keeps the timer armed and it fires; Read would have cancelled it."""
+        mid = await accept_and_send(svc, "T3", FallBackRule="unread")
+        await svc.ingest_chat([chat_receipt("T3", "Delivered", str(mid))], "http")
+        assert await state(svc, mid) == ("delivered", "armed")
+        await make_due(svc.db, mid)
+        assert len(await svc.claim_due(10, 60)) == 1
+
+    async def test_concurrent_claimers_fire_each_fallback_once(self, svc: service.Service) -> None:
+        """Four concurrent claimers over 400 due timers fire each exactly once (SKIP LOCKED + re-check)."""
+        accepted = await svc.accept([req(to=f"65900{i:05d}") for i in range(400)], [None] * 400)
+        await svc.db.execute("UPDATE messages SET chat_state='sent'")
+        await make_due(svc.db)
+        fired: list[uuid.UUID] = []
+
+        async def claimer() -> None:
+            while rows := await svc.claim_due(37, 60):
+                fired.extend(r["id"] for r in rows)
+
+        await asyncio.gather(*(claimer() for _ in range(4)))
+        assert sorted(fired) == sorted(a.id for a in accepted)
+        n = await svc.db.fetchval("SELECT count(*) FROM message_events WHERE kind='fallback_fired'")
+        assert n == 400
+
+    async def test_claim_and_next_due_use_the_partial_index(self, svc: service.Service, db: store.Store) -> None:
+        """The next-due query reads the messages_due partial index, not the table (SPEC §5)."""
+        await svc.accept([req(to=f"65800{i:05d}") for i in range(200)], [None] * 200)
+        async with db.connection() as conn:
+            await conn.execute("ANALYZE messages")
+            await conn.execute("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + service.Q["next_due_in"]))
+        assert "messages_due" in plan
+
+
+class TestSendResults:
+    @pytest.mark.parametrize("rule", ["undelivered", "sentFailed", "unread"])
+    async def test_send_failure_fires_under_every_rule(self, svc: service.Service, rule: str) -> None:
+        """A permanent send failure makes the fallback due now whatever the rule."""
+        [a] = await svc.accept([req(FallBackRule=rule)], [None])
+        await svc.claim_sends(10, 60)
+        await svc.apply([service.Outcome(message_id=a.id, event=policy.SendFailed(), error="InvalidParameter.X")])
+        [row] = await svc.claim_due(10, 60)
+        assert row["fire_reason"] == "send_failed"
+
+    async def test_ambiguous_send_is_recorded_not_resent(self, svc: service.Service) -> None:
+        """A send whose outcome is unknown is recorded as `unknown` and is not claimed for sending again."""
+        [a] = await svc.accept([req()], [None])
+        await svc.claim_sends(10, 60)
+        await svc.apply([service.Outcome(message_id=a.id, event=policy.SendUnknown(), error="Timeout")])
+        assert await state(svc, a.id) == ("unknown", "armed")
+        assert await svc.claim_sends(10, 60) == []
+
+    async def test_retry_puts_the_message_back_later(self, svc: service.Service, db: store.Store) -> None:
+        """A throttled send goes back to accepted with a later attempt time and a timeline entry."""
+        [a] = await svc.accept([req()], [None])
+        await svc.claim_sends(10, 60)
+        await svc.retry_send(a.id, 30, "Throttling.User")
+        assert await svc.claim_sends(10, 60) == []
+        await db.execute("UPDATE messages SET next_attempt_at = now()")
+        [row] = await svc.claim_sends(10, 60)
+        assert row["send_attempts"] == 2
+
+
+class TestRecovery:
+    async def test_interrupted_firing_is_parked(self, svc: service.Service, db: store.Store) -> None:
+        """With recovery mode park, a firing whose lease expired becomes held (at-most-once)."""
+        mid = await accept_and_send(svc, "R1")
+        await make_due(db, mid)
+        await svc.claim_due(10, 60)
+        await db.execute("UPDATE messages SET fire_lease_until = now() - interval '1 second'")
+        assert await svc.recover(limit=10, resend=False, lease_s=60) == []
+        view = await svc.get_message(mid)
+        assert (view["fallback_state"], view["hold_reason"]) == ("held", "interrupted")
+
+    async def test_interrupted_firing_is_resent(self, svc: service.Service, db: store.Store) -> None:
+        """With recovery mode resend, the same fallback is re-claimed for one more SMS (at-least-once)."""
+        mid = await accept_and_send(svc, "R2")
+        await make_due(db, mid)
+        await svc.claim_due(10, 60)
+        await db.execute("UPDATE messages SET fire_lease_until = now() - interval '1 second'")
+        [row] = await svc.recover(limit=10, resend=True, lease_s=60)
+        assert row["id"] == mid
+        assert await db.fetchval("SELECT sms_attempts FROM messages WHERE id=$1", mid) == 2
+
+    async def test_stale_send_becomes_unknown(self, svc: service.Service, db: store.Store) -> None:
+        """A message stuck in sending past its lease is recorded as unknown, not resent."""
+        [a] = await svc.accept([req()], [None])
+        await svc.claim_sends(10, 60)
+        await db.execute("UPDATE messages SET send_lease_until = now() - interval '1 second'")
+        await svc.recover(limit=10, resend=False, lease_s=60)
+        assert await state(svc, a.id) == ("unknown", "armed")
