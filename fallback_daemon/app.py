@@ -53,7 +53,7 @@ async def open_sandbox(settings: config.Settings) -> AsyncIterator[tuple[config.
             access_key_secret=config.Secret(sb_config.access_key_secret),
             cams_endpoint=sb.url,
             sms_endpoint=sb.url,
-            sms_from=settings.sms_from or "FallbackDemo",
+            sms_from=settings.sms_from or "Fallback",
             receipt_token=settings.receipt_token or config.Secret(secrets.token_urlsafe(24)),
             api_token=settings.api_token or config.Secret(SANDBOX_API_TOKEN),
         )

@@ -133,6 +133,9 @@ class Service:
         if not outcomes:
             return []
         async with self.db.transaction() as conn:
+            pids = sorted({o.provider_message_id for o in outcomes if o.provider_message_id})
+            if pids:
+                await conn.execute(Q["lock_provider_ids"], pids)
             ids = sorted({o.message_id for o in outcomes})
             rows = await conn.fetch(Q["lock_messages"], ids, [])
             states = {r["id"]: _state(r) for r in rows}
@@ -143,19 +146,7 @@ class Service:
                 for o in outcomes
                 if o.provider_message_id and known.get(o.message_id) is None
             }
-            parked_ids: list[int] = []
-            parked_mids: list[uuid.UUID] = []
-            extra: list[Outcome] = []
-            if new_pids:
-                for r in await conn.fetch(Q["lock_parked_receipts"], list(new_pids)):
-                    mid = new_pids[r["provider_id"]]
-                    parked_ids.append(r["id"])
-                    parked_mids.append(mid)
-                    status = _receipt_status(r["status"])
-                    extra.append(
-                        Outcome(message_id=mid, event=policy.ChatReceipt(status),
-                                detail={"status": r["status"], "receipt_id": r["id"], "parked": True})
-                    )
+            extra, parked_ids, parked_mids = await _unpark(conn, new_pids, set())
             decisions = await self._write(conn, states, [*outcomes, *extra])
             if parked_ids:
                 await conn.execute(Q["mark_receipts_applied"], parked_ids, parked_mids)
@@ -225,6 +216,7 @@ class Service:
             return result
         by_key = {(r.message_id, _status_key(r)): r for r in receipts}
         async with self.db.transaction() as conn:
+            await conn.execute(Q["lock_provider_ids"], sorted({r.message_id for r in receipts}))
             new = await conn.fetch(
                 Q["insert_receipts"], model.ReceiptKind.CHATAPP.value, source,
                 [k[0] for k in by_key], [k[1] for k in by_key],
@@ -245,7 +237,6 @@ class Service:
                 tid = _uuid(rec["task_id"])
                 mid = tid if tid in states else by_pid.get(rec["provider_id"])
                 if mid is None:
-                    result.parked += 1
                     continue
                 r = by_key[(rec["provider_id"], rec["status"])]
                 pid = rec["provider_id"] if known_pid.get(mid) is None else None
@@ -261,6 +252,13 @@ class Service:
                 )
                 applied_ids.append(rec["id"])
                 applied_mids.append(mid)
+            # Invariant: whoever records a provider MessageId applies the receipts parked under it.
+            newly_known = {o.provider_message_id: o.message_id for o in outcomes if o.provider_message_id}
+            extra, parked_ids, parked_mids = await _unpark(conn, newly_known, set(applied_ids))
+            outcomes.extend(extra)
+            applied_ids.extend(parked_ids)
+            applied_mids.extend(parked_mids)
+            result.parked = len({r["id"] for r in new} - set(applied_ids))
             decisions = await self._write(conn, states, outcomes)
             if applied_ids:
                 await conn.execute(Q["mark_receipts_applied"], applied_ids, applied_mids)
@@ -360,6 +358,28 @@ class Service:
 
     async def counts(self) -> list[asyncpg.Record]:
         return await self.db.fetch(Q["count_by_state"])
+
+
+async def _unpark(
+    conn: asyncpg.Connection, pid_to_mid: Mapping[str, uuid.UUID], exclude: set[int]
+) -> tuple[list[Outcome], list[int], list[uuid.UUID]]:
+    """Outcomes for receipts parked under provider ids that just became known (caller holds their locks)."""
+    outcomes: list[Outcome] = []
+    ids: list[int] = []
+    mids: list[uuid.UUID] = []
+    if not pid_to_mid:
+        return outcomes, ids, mids
+    for r in await conn.fetch(Q["lock_parked_receipts"], list(pid_to_mid)):
+        if r["id"] in exclude:
+            continue
+        mid = pid_to_mid[r["provider_id"]]
+        ids.append(r["id"])
+        mids.append(mid)
+        outcomes.append(
+            Outcome(message_id=mid, event=policy.ChatReceipt(_receipt_status(r["status"])),
+                    detail={"status": r["status"], "receipt_id": r["id"], "parked": True})
+        )
+    return outcomes, ids, mids
 
 
 def _status_key(r: model.ChatReceipt) -> str:

@@ -201,3 +201,10 @@ FROM messages GROUP BY chat_state, fallback_state;
 
 -- name: ping --
 SELECT 1;
+
+-- name: lock_provider_ids --
+-- $1 provider message ids text[]. Serialises "receipt arrives" with "MessageId recorded" per provider id, so a
+-- receipt without TaskId cannot be parked by one transaction while the other looks for parked receipts.
+-- Taken in hash order at the start of both transactions, so they cannot deadlock.
+SELECT count(pg_advisory_xact_lock(h))
+FROM (SELECT DISTINCT hashtextextended(p, 0) AS h FROM unnest($1::text[]) AS p ORDER BY 1) AS s;

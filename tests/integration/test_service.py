@@ -106,6 +106,20 @@ class TestReceipts:
         assert await state(svc, a.id) == ("read", "cancelled")
         assert await db.fetchval("SELECT count(*) FROM receipts WHERE applied_at IS NULL") == 0
 
+    async def test_parked_receipt_applied_when_a_taskid_receipt_reveals_the_id(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """A parked receipt (no TaskId) is applied by the transaction in which a TaskId receipt records its MessageId."""
+        [a] = await svc.accept([req()], [None])
+        await svc.claim_sends(10, 60)
+        assert (await svc.ingest_chat([chat_receipt("P7", "Read", None)], "http")).parked == 1
+        res = await svc.ingest_chat([chat_receipt("P7", "Delivered", str(a.id))], "http")
+        assert (res.applied, res.parked) == (2, 0)
+        assert await state(svc, a.id) == ("read", "cancelled")
+        await svc.apply([service.Outcome(message_id=a.id, event=policy.SendOk(), provider_message_id="P7")])
+        assert await state(svc, a.id) == ("read", "cancelled")
+        assert await db.fetchval("SELECT count(*) FROM receipts WHERE applied_at IS NULL") == 0
+
     async def test_failed_receipt_fires_through_the_timer_path(self, svc: service.Service) -> None:
         """A Failed receipt makes the fallback due now; the claim then fires it exactly once."""
         mid = await accept_and_send(svc, "P4")

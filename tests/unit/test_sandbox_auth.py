@@ -1,4 +1,4 @@
-"""The sandbox's ACS3 verifier accepts Alibaba's own requests and refuses what Alibaba refuses; the QPS limiter."""
+"""The sandbox's ACS3 verifier accepts Alibaba's requests and refuses what Alibaba refuses; QPS limiter."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from fallback_daemon.providers import signing
 from fallback_daemon.sandbox import auth
 
 SDK_AK = "LTAI5tDUMMYDUMMYDUMMY01"
-SDK_SECRET = "DummySecretDummySecretDummy01"
-# The raw query of reference/cams_request_sample.txt, as the SDK put it on the wire ('*', ':' and ',' unescaped).
+SDK_SECRET = "DummySecretDummySecretDummy01"  # noqa: S105 - the sample's dummy key
+# The raw query of reference/cams_request_sample.txt as sent by the SDK ('*', ':' and ',' unescaped).
 SDK_RAW_QUERY = (
     "ChannelType=whatsapp&CustSpaceId=cams-8c8*********&FallBackDuration=120&FallBackId=SMS_99****"
     "&From=8613800000000&Language=en&MessageType=template&Tag=fallback-demo"
@@ -29,8 +29,8 @@ SDK_HEADERS = {
     "accept": "application/json",
     "x-acs-content-sha256": signing.EMPTY_SHA256,
     "x-acs-credentials-provider": "static_ak",
-    "Authorization": "ACS3-HMAC-SHA256 Credential=LTAI5tDUMMYDUMMYDUMMY01,SignedHeaders=accept;host;user-agent;"
-    "x-acs-action;x-acs-content-sha256;x-acs-credentials-provider;x-acs-date;x-acs-signature-nonce;"
+    "Authorization": "ACS3-HMAC-SHA256 Credential=LTAI5tDUMMYDUMMYDUMMY01,"
+    "SignedHeaders=accept;host;user-agent;x-acs-action;x-acs-content-sha256;x-acs-credentials-provider;x-acs-date;x-acs-signature-nonce;"
     "x-acs-version,Signature=b78e5c548862cba1146c70bc2b160519c01e1ec4815caee6c04119f3c9af752b",
     "Accept-Encoding": "gzip, deflate",
     "Content-Type": "application/octet-stream",
@@ -76,7 +76,9 @@ def test_the_reference_form_body_vector_verifies() -> None:
             "Signature=db05d32834b0bab1bfcf91120584feda3b188f009e859530c77aead784497f4b",
         }
     )
-    verifier = auth.Verifier(keys={"testid": "testsecret"}, max_skew_s=900, now=lambda: at("2024-01-01T12:00:00Z"))
+    verifier = auth.Verifier(
+        keys={"testid": "testsecret"}, max_skew_s=900, now=lambda: at("2024-01-01T12:00:00Z")
+    )
     received = auth.Received(method="POST", raw_path="/", raw_query="", headers=headers, body=body)
     assert verifier.verify(received) == "testid"
 
@@ -121,10 +123,15 @@ def test_signed_headers_must_cover_the_acs_headers() -> None:
     signed = {k: v for k, v in headers.items() if k.startswith("x-acs-") and k != "x-acs-action"}
     signed["host"] = headers["host"]
     authorization = signing.acs3_authorization(
-        access_key_id=SDK_AK, secret=SDK_SECRET, method="POST", path="/",
-        query=dict(auth.Received(method="POST", raw_path="/", raw_query=SDK_RAW_QUERY, headers={}, body=b"")
-                   .query()),
-        headers=signed, payload_hash=signing.EMPTY_SHA256,
+        access_key_id=SDK_AK,
+        secret=SDK_SECRET,
+        method="POST",
+        path="/",
+        query=dict(
+            auth.Received(method="POST", raw_path="/", raw_query=SDK_RAW_QUERY, headers={}, body=b"").query()
+        ),
+        headers=signed,
+        payload_hash=signing.EMPTY_SHA256,
     )
     denial = sdk_verifier().verify(sdk_request(Authorization=authorization))
     assert isinstance(denial, auth.Denial)

@@ -52,7 +52,7 @@ def test_mix_mode_is_seeded_and_follows_the_weights() -> None:
     assert draws == [two.chat_outcome("1") for _ in range(400)]
     counts = collections.Counter(draws)
     assert set(counts) == {"read", "failed"}
-    assert 250 < counts["read"] < 350
+    assert 250 < counts[world.Outcome.READ] < 350
 
 
 def test_sms_fails_for_numbers_ending_in_55() -> None:
@@ -89,7 +89,12 @@ def test_international_sms_report_uses_alibabas_date_format() -> None:
     """SendDate/ReceiveDate are RFC 2822 in +0800, Status "1"/"2", TaskId echoed."""
     sent = dt.datetime(2021, 11, 25, 2, 25, 0, tzinfo=dt.UTC)
     report = world.intl_sms_report(
-        to="8521111", message_id="123", task_id="67890", segments=2, failed=False, sent_at=sent,
+        to="8521111",
+        message_id="123",
+        task_id="67890",
+        segments=2,
+        failed=False,
+        sent_at=sent,
         received_at=sent + dt.timedelta(seconds=33),
     )
     assert report == {
@@ -109,7 +114,13 @@ def test_domestic_sms_report_shape() -> None:
     """The SmsReport record has China-time timestamps, a boolean success and echoes out_id."""
     sent = dt.datetime(2017, 1, 1, 0, 0, 0, tzinfo=world.CHINA)
     report = world.domestic_sms_report(
-        phone="13811110000", biz_id="1^0", out_id="o-1", failed=True, sent_at=sent, received_at=sent, segments=1
+        phone="13811110000",
+        biz_id="1^0",
+        out_id="o-1",
+        failed=True,
+        sent_at=sent,
+        received_at=sent,
+        segments=1,
     )
     assert report["send_time"] == "2017-01-01 00:00:00"
     assert report["success"] is False

@@ -1,0 +1,12 @@
+"""A protocol-faithful local stand-in for Alibaba Cloud: CAMS SendChatappMessage, Dysmsapi SendMessageToGlobe
+and SendSms with ACS3 signature checks and the QPS cap, plus the "world" that pushes receipts back.
+
+Public surface: `SandboxConfig`, `create_app`, `serve` -> `Sandbox`, `run_forever`.
+"""
+
+from __future__ import annotations
+
+from fallback_daemon.sandbox.app import Sandbox, create_app, run_forever, serve
+from fallback_daemon.sandbox.config import DEFAULT_WEIGHTS, OUTCOMES, SandboxConfig
+
+__all__ = ["DEFAULT_WEIGHTS", "OUTCOMES", "Sandbox", "SandboxConfig", "create_app", "run_forever", "serve"]

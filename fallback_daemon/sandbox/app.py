@@ -1,0 +1,215 @@
+"""The sandbox web application: ACS dispatch on x-acs-action, the /sandbox control endpoints, and serving.
+
+`create_app` builds the app (pushers and producer run inside its cleanup_ctx with one ClientSession);
+`serve` runs it on a loopback port and returns a `Sandbox` handle; `run_forever` is the CLI entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from aiohttp import web
+
+from fallback_daemon.sandbox import auth, cams, replies, sms
+from fallback_daemon.sandbox import config as config_mod
+from fallback_daemon.sandbox import state as state_mod
+
+Handler = Callable[..., Awaitable[web.Response]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Action:
+    version: str
+    handler: Handler
+    product: str
+
+
+ACTIONS: Mapping[str, _Action] = {
+    cams.ACTION: _Action(cams.VERSION, cams.send_chatapp_message, "cams"),
+    sms.GLOBE_ACTION: _Action(sms.GLOBE_VERSION, sms.send_message_to_globe, "dysmsapi"),
+    sms.SMS_ACTION: _Action(sms.SMS_VERSION, sms.send_sms, "dysmsapi"),
+}
+FORM = "application/x-www-form-urlencoded"
+
+
+async def acs_entry(request: web.Request) -> web.Response:
+    """POST /: an Alibaba RPC call in ACS3 style, dispatched on x-acs-action / x-acs-version."""
+    state = request.app[state_mod.STATE]
+    stats = state.journal.stats
+    name = request.headers.get("x-acs-action", "")
+    action = ACTIONS.get(name)
+    if action is None:
+        return replies.pop_error(request, 404, "InvalidAction.NotFound", product="")
+    if name == cams.ACTION:
+        stats.cams_calls += 1
+    if request.headers.get("x-acs-version") != action.version:
+        return replies.pop_error(
+            request,
+            400,
+            "InvalidVersion",
+            f"Specified parameter Version is not valid: {name} is {action.version}.",
+            product=action.product,
+        )
+    body = await request.read()
+    received = auth.Received(
+        method=request.method,
+        raw_path=request.raw_path.split("?", 1)[0],
+        raw_query=request.rel_url.raw_query_string,
+        headers=request.headers,
+        body=body,
+    )
+    verdict = state.verifier.verify(received)
+    if isinstance(verdict, auth.Denial):
+        stats.auth_failures += 1
+        if verdict.code == "SignatureDoesNotMatch":
+            stats.signature_failures += 1
+        return replies.pop_error(
+            request, verdict.status, verdict.code, verdict.message, product=action.product
+        )
+    params = received.query()
+    if request.content_type == FORM and body:
+        try:
+            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError:
+            return replies.pop_error(
+                request, 400, "InvalidParameter", "The form body is not UTF-8.", product=action.product
+            )
+    return await action.handler(state, access_key=verdict, params=params, request=request)
+
+
+async def journal_view(request: web.Request) -> web.Response:
+    """GET /sandbox/journal: per CAMS TaskId and per SMS TaskId/OutId records."""
+    state = request.app[state_mod.STATE]
+    body = state.journal.to_json()
+    body["withheld_late"] = state.producer.withheld_count
+    return web.json_response(body)
+
+
+async def stats_view(request: web.Request) -> web.Response:
+    """GET /sandbox/stats: counters."""
+    return web.json_response(request.app[state_mod.STATE].journal.stats.to_json())
+
+
+async def release_late(request: web.Request) -> web.Response:
+    """POST /sandbox/release-late: push every withheld `late` Delivered receipt now."""
+    return web.json_response({"released": request.app[state_mod.STATE].producer.release_late()})
+
+
+async def reset(request: web.Request) -> web.Response:
+    """POST /sandbox/reset: clear the journal and counters (receipts already in flight still go out)."""
+    request.app[state_mod.STATE].journal.reset()
+    return web.json_response({"reset": True})
+
+
+async def callbacks_view(request: web.Request) -> web.Response:
+    """GET/POST /sandbox/callbacks: read or change where receipts are pushed.
+
+    POST takes JSON {"chatapp": url|null, "sms": url|null, "sms_domestic": url|null}; absent keys are kept.
+    """
+    state = request.app[state_mod.STATE]
+    if request.method == "POST":
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        for key in ("chatapp", "sms", "sms_domestic"):
+            if key not in body:
+                continue
+            url = body[key]
+            if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+                return web.json_response({"error": f"{key}: must be an http(s) URL or null"}, status=400)
+            setattr(state.callbacks, key, url)
+    return web.json_response(dataclasses.asdict(state.callbacks))
+
+
+def create_app(config: config_mod.SandboxConfig) -> web.Application:
+    """The sandbox as one aiohttp application (receipt pushers run while it runs)."""
+    app = web.Application()
+    app[state_mod.STATE] = state_mod.SandboxState(config)
+    app.cleanup_ctx.append(_pushers)
+    app.router.add_post("/", acs_entry)
+    app.router.add_get("/sandbox/journal", journal_view)
+    app.router.add_get("/sandbox/stats", stats_view)
+    app.router.add_post("/sandbox/release-late", release_late)
+    app.router.add_post("/sandbox/reset", reset)
+    app.router.add_get("/sandbox/callbacks", callbacks_view)
+    app.router.add_post("/sandbox/callbacks", callbacks_view)
+    return app
+
+
+async def _pushers(app: web.Application) -> AsyncIterator[None]:
+    state = app[state_mod.STATE]
+    async with aiohttp.ClientSession() as session:
+        for pusher in state.pushers:
+            pusher.start(session)
+        try:
+            yield
+        finally:
+            await state.producer.stop()
+            for pusher in state.pushers:
+                await pusher.stop()
+
+
+class Sandbox:
+    """A running sandbox: its URL, its state, and `close()`."""
+
+    def __init__(self, runner: web.AppRunner, url: str) -> None:
+        self._runner = runner
+        self.url = url
+        self.state = runner.app[state_mod.STATE]
+
+    def set_callbacks(
+        self, chatapp_url: str | None, sms_url: str | None, sms_domestic_url: str | None = None
+    ) -> None:
+        """Point receipt pushes somewhere else (None: do not push; domestic defaults to the sms URL)."""
+        self.state.set_callbacks(chatapp_url, sms_url, sms_domestic_url)
+
+    def release_late(self) -> int:
+        return self.state.producer.release_late()
+
+    def journal(self) -> dict[str, Any]:
+        return self.state.journal.to_json()
+
+    def stats(self) -> dict[str, int]:
+        return self.state.journal.stats.to_json()
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve(config: config_mod.SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> Sandbox:
+    """Start the sandbox on host:port (0 = any free port) and return its handle."""
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    return Sandbox(runner, f"http://{shown}:{bound_port}")
+
+
+async def run_forever(config: config_mod.SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve until cancelled (the `fallback-daemon sandbox` command)."""
+    sandbox = await serve(config, host, port)
+    try:
+        print(f"sandbox listening on {sandbox.url}", flush=True)
+        await asyncio.Event().wait()
+    finally:
+        await sandbox.close()

@@ -1,0 +1,171 @@
+"""Dysmsapi `SendMessageToGlobe` (2018-05-01, international) and `SendSms` (2017-05-25, domestic).
+
+Called by the app's dispatcher after the signature was verified. Each accepted send is journalled under its
+reference (TaskId / OutId, else the provider id) and gets one delivery report per number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from fallback_daemon.sandbox import replies, world
+from fallback_daemon.sandbox import state as state_mod
+
+GLOBE_ACTION, GLOBE_VERSION = "SendMessageToGlobe", "2018-05-01"
+SMS_ACTION, SMS_VERSION = "SendSms", "2017-05-25"
+DIGITS = re.compile(r"[0-9]{5,20}")
+SENDER_ID = re.compile(r"[A-Za-z0-9 ]{1,11}|[0-9]{1,15}")
+MAX_PHONE_NUMBERS = 1000
+
+
+def _globe_problem(params: Mapping[str, str]) -> str | None:
+    to = params.get("To", "")
+    if not to:
+        return "To is mandatory for this action."
+    if not DIGITS.fullmatch(to):
+        return "To must be the number with its country code, digits only, without +."
+    if not params.get("Message"):
+        return "Message is mandatory for this action."
+    sender = params.get("From")
+    if sender and not SENDER_ID.fullmatch(sender):
+        return "From must be 1-11 letters/digits or 1-15 digits."
+    if len(params.get("TaskId", "")) > 255:
+        return "TaskId must be at most 255 characters."
+    return None
+
+
+async def send_message_to_globe(
+    state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
+) -> web.Response:
+    del access_key, request  # SMS calls are not rate limited by the sandbox
+    stats = state.journal.stats
+    stats.sms_calls += 1
+    task_id = params.get("TaskId") or None
+    to = params.get("To", "")
+    problem = _globe_problem(params)
+    if problem:
+        stats.sms_rejected += 1
+        if task_id:
+            state.journal.sms_entry(task_id, GLOBE_ACTION, to).rejected += 1
+        return replies.reply(
+            {
+                "RequestId": replies.request_id(),
+                "ResponseCode": "InvalidParameter",
+                "ResponseDescription": problem,
+            }
+        )
+    text = params["Message"]
+    message_id = state.ids.sms_message_id()
+    failed = state.world.sms_fails(to)
+    parts = world.segments(text)
+    entry = state.journal.sms_entry(task_id or message_id, GLOBE_ACTION, to)
+    entry.sends += 1
+    entry.outcome = "failed" if failed else "delivered"
+    entry.message_ids.append(message_id)
+    stats.sms_sends += 1
+    sent_at = dt.datetime.now(dt.UTC)
+
+    def build(received_at: dt.datetime) -> dict[str, Any]:
+        return world.intl_sms_report(
+            to=to,
+            message_id=message_id,
+            task_id=task_id,
+            segments=parts,
+            failed=failed,
+            sent_at=sent_at,
+            received_at=received_at,
+        )
+
+    state.producer.sms_accepted(
+        domestic=False, entry=entry, message_id=message_id, status=entry.outcome, build=build
+    )
+    return replies.reply(
+        {
+            "RequestId": replies.request_id(),
+            "ResponseCode": "OK",
+            "ResponseDescription": "OK",
+            "MessageId": message_id,
+            "Segments": str(parts),
+            "From": params.get("From", ""),
+            "To": to,
+            "NumberDetail": world.number_detail(to),
+        }
+    )
+
+
+def _sms_problem(params: Mapping[str, str], phones: list[str]) -> tuple[str, str] | None:
+    if not phones or len(phones) > MAX_PHONE_NUMBERS or not all(DIGITS.fullmatch(p) for p in phones):
+        return "isv.MOBILE_NUMBER_ILLEGAL", "PhoneNumbers must be 1..1000 comma-separated numbers (digits)."
+    if not params.get("SignName"):
+        return "isv.SMS_SIGNATURE_ILLEGAL", "SignName is mandatory for this action."
+    if not params.get("TemplateCode"):
+        return "isv.SMS_TEMPLATE_ILLEGAL", "TemplateCode is mandatory for this action."
+    if "TemplateParam" in params:
+        try:
+            value = json.loads(params["TemplateParam"])
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            return "isv.INVALID_JSON_PARAM", "TemplateParam must be a JSON object."
+    return None
+
+
+async def send_sms(
+    state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
+) -> web.Response:
+    del access_key, request
+    stats = state.journal.stats
+    stats.sms_calls += 1
+    out_id = params.get("OutId") or None
+    phones = [p.strip() for p in params.get("PhoneNumbers", "").split(",") if p.strip()]
+    problem = _sms_problem(params, phones)
+    if problem:
+        stats.sms_rejected += 1
+        if out_id:
+            state.journal.sms_entry(out_id, SMS_ACTION, ",".join(phones)).rejected += 1
+        code, message = problem
+        return replies.reply({"RequestId": replies.request_id(), "Code": code, "Message": message})
+    biz_id = state.ids.biz_id()
+    entry = state.journal.sms_entry(out_id or biz_id, SMS_ACTION, ",".join(phones))
+    entry.sends += 1
+    entry.message_ids.append(biz_id)
+    stats.sms_sends += 1
+    sent_at = dt.datetime.now(dt.UTC)
+    outcomes = set()
+    for phone in phones:
+        failed = state.world.sms_fails(phone)
+        outcomes.add("failed" if failed else "delivered")
+        state.producer.sms_accepted(
+            domestic=True,
+            entry=entry,
+            message_id=biz_id,
+            status="failed" if failed else "delivered",
+            build=_domestic_builder(
+                phone=phone, biz_id=biz_id, out_id=out_id, failed=failed, sent_at=sent_at
+            ),
+        )
+    entry.outcome = outcomes.pop() if len(outcomes) == 1 else "mixed"
+    return replies.reply({"RequestId": replies.request_id(), "Code": "OK", "Message": "OK", "BizId": biz_id})
+
+
+def _domestic_builder(
+    *, phone: str, biz_id: str, out_id: str | None, failed: bool, sent_at: dt.datetime
+) -> Callable[[dt.datetime], dict[str, Any]]:
+    def build(received_at: dt.datetime) -> dict[str, Any]:
+        return world.domestic_sms_report(
+            phone=phone,
+            biz_id=biz_id,
+            out_id=out_id,
+            failed=failed,
+            sent_at=sent_at,
+            received_at=received_at,
+            segments=1,
+        )
+
+    return build
