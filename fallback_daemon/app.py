@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from fallback_daemon import config, embedded, errors, loops, migrate, ratelimit, service, store, web as web_
+from fallback_daemon import config, consumers, embedded, errors, loops, migrate, ratelimit, service, store, web as web_
 from fallback_daemon.providers import acs, alibaba_sms, cams
 from fallback_daemon.web import keys
 
@@ -106,7 +106,9 @@ async def serve(
                                  timeout_s=settings.send_timeout_s)
 
         chat = cams.CamsClient(client(settings.cams_endpoint, cams.VERSION))
+        # --- SMS providers and routing (owned by the SMS provider work) ---
         sms = alibaba_sms.GlobeSms(client(settings.sms_endpoint, alibaba_sms.VERSION), sender=settings.sms_from)
+        # --- end SMS providers ---
         svc = service.Service(db, sms_template=settings.sms_template,
                               timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0)
         limiter = ratelimit.RateLimiter(db, name="cams", rate=settings.send_rate, burst=settings.send_burst)
@@ -117,6 +119,9 @@ async def serve(
                                 max_sleep_s=settings.timer_max_sleep_s, concurrency=settings.send_concurrency,
                                 sms_max_attempts=settings.sms_max_attempts)
         recovery = loops.RecoveryLoop(svc, timer, resend=settings.recovery_mode == "resend")
+        queue_consumers: list[consumers.QueueConsumer] = []
+        # --- queue consumers (MNS, SQS): append QueueConsumer objects here ---
+        # --- end queue consumers ---
 
         app = web_.create_app(settings, svc)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -147,6 +152,8 @@ async def serve(
                 tg.create_task(sender.run(stop, grace), name="sender")
                 tg.create_task(timer.run(stop, grace), name="timer")
                 tg.create_task(recovery.run(stop), name="recovery")
+                for consumer in queue_consumers:
+                    tg.create_task(consumer.run(stop), name=f"consumer-{consumer.queue.name}")
                 tg.create_task(_stop_readiness(app, stop), name="readiness")
         log.info("daemon_stopped")
 

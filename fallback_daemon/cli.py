@@ -97,6 +97,9 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.command == "demo":
         from fallback_daemon import demo
 
+        if "FALLBACK_LOG_LEVEL" not in os.environ:  # keep the live view readable
+            logs.configure(fmt=settings.log_format, level="warning")
+
         return await demo.run(settings, count=args.count, rate=args.rate, timer_scale=args.timer_scale,
                               stay_up=not args.exit)
     raise AssertionError(args.command)

@@ -74,6 +74,11 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     sandbox_timer_scale: float = 1.0  # sandbox/demo only: multiplies FallBackDuration
+    # --- receipt-feed health gate ---
+    gate_window_s: float = 600.0  # 0 disables; FALLBACK_GATE_CHANNELS overrides per channel
+    gate_channels: tuple[tuple[str, float], ...] = ()
+    # --- queues (MNS / SQS): section owned by the queue work ---
+    # --- SMS providers and routing: section owned by the SMS provider work ---
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -144,6 +149,17 @@ def _dsn(raw: str) -> Secret:
     return Secret(raw)
 
 
+def _channel_windows(raw: str) -> tuple[tuple[str, float], ...]:
+    """"whatsapp:300,viber:0" -> (("whatsapp", 300.0), ("viber", 0.0))."""
+    out = []
+    for item in raw.split(","):
+        name, sep, value = item.strip().partition(":")
+        if not sep or not name:
+            raise ValueError("must look like whatsapp:300,viber:0")
+        out.append((name, float(value)))
+    return tuple(out)
+
+
 # environment variable -> (Settings field, parser)
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATABASE_URL": ("database_url", _dsn),
@@ -173,6 +189,10 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "FALLBACK_LOG_FORMAT": ("log_format", _choice("auto", "json", "console")),
     "FALLBACK_LOG_LEVEL": ("log_level", _choice("debug", "info", "warning", "error")),
     "FALLBACK_SANDBOX_TIMER_SCALE": ("sandbox_timer_scale", _float(0.001, 1.0)),
+    "FALLBACK_GATE_WINDOW_S": ("gate_window_s", _float(0, 7 * 86400)),
+    "FALLBACK_GATE_CHANNELS": ("gate_channels", _channel_windows),
+    # --- queues (MNS / SQS) ---
+    # --- SMS providers and routing ---
 }
 
 

@@ -91,11 +91,14 @@ async def run(settings: config.Settings, *, count: int, rate: float, timer_scale
     view = View()
     t0 = time.monotonic()
     headers = {"Authorization": f"Bearer {token}"}
+    example = ""
     async with aiohttp.ClientSession(headers=headers) as http:
         for i in range(count):
             async with http.post(f"{running.url}/v1/messages", json=demo_body(i),
                                  headers={"Idempotency-Key": f"demo-{t0}-{i}"}) as resp:
                 resp.raise_for_status()
+                if i == min(count - 1, 5):  # a message whose sandbox outcome is "failed" (To ends in 5)
+                    example = (await resp.json())["id"]
             view.show(render(await snapshot(running), i + 1, count, t0, "sending"))
             await asyncio.sleep(1 / rate)  # pacing the demo's own submissions, not synchronisation
         while (snap := await snapshot(running))["pending"] and not daemon.done():
@@ -110,7 +113,7 @@ async def run(settings: config.Settings, *, count: int, rate: float, timer_scale
     fired = sum(snap["fallback"][k] for k in ("firing", "sms_sent", "sms_delivered", "sms_failed"))
     print(f"\nsummary: {count} messages; {fired} SMS fallbacks fired; {snap['fallback']['cancelled']} cancelled "
           f"by a timely receipt; {snap['double']} double deliveries.")
-    print(f"look around:  curl -H 'Authorization: Bearer {token}' {running.url}/v1/messages/<id>")
+    print(f"look around:  curl -H 'Authorization: Bearer {token}' {running.url}/v1/messages/{example}")
     if stay_up:
         print("the API stays up; Ctrl-C to stop.")
         with contextlib.suppress(asyncio.CancelledError):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Protocol
+
+from fallback_daemon import model
 
 
 class ChatApi(Protocol):
@@ -25,4 +28,30 @@ class SmsGateway(Protocol):
 
     async def send(self, *, fallback_id: str, to: str, text: str) -> str:
         """Send one SMS carrying our fallback id as its reference; return the provider's id."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueueMessage:
+    """One message pulled from a receipt queue."""
+
+    handle: str  # what delete() needs (MNS ReceiptHandle, SQS ReceiptHandle)
+    body: str  # the body exactly as received (MNS: usually base64 of JSON)
+    message_id: str = ""
+    dequeue_count: int = 1
+
+
+class ReceiptQueue(Protocol):
+    """A queue of provider receipts (Alibaba MNS, AWS SQS)."""
+
+    name: str  # e.g. the queue name, for logs, metrics and dead letters
+    source: str  # "mns" | "sqs"
+    kind: model.ReceiptKind  # what the messages carry
+
+    async def receive(self, *, max_messages: int, wait_s: int) -> list[QueueMessage]:
+        """Long-poll for up to max_messages; [] when the queue is empty (not an error)."""
+        ...
+
+    async def delete(self, handles: Sequence[str]) -> None:
+        """Delete after commit. Raises errors.TransientError when the queue cannot be reached."""
         ...

@@ -1,4 +1,4 @@
-"""Queries loaded by name from sql/queries.sql, and the migrations folder; no SQL lives in Python strings."""
+"""Queries loaded by name from sql/queries/*.sql, and the migrations folder; no SQL lives in Python strings."""
 
 from __future__ import annotations
 
@@ -22,4 +22,15 @@ def parse(text: str) -> dict[str, LiteralString]:
     return queries
 
 
-queries = parse((ROOT / "queries.sql").read_text())
+def load(folder: pathlib.Path = ROOT / "queries") -> dict[str, LiteralString]:
+    """Every query of every file in the folder; a name defined twice is an error."""
+    merged: dict[str, LiteralString] = {}
+    for path in sorted(folder.glob("*.sql")):
+        for name, text in parse(path.read_text()).items():
+            if name in merged:
+                raise ValueError(f"query {name} defined twice ({path.name})")
+            merged[name] = text
+    return merged
+
+
+queries = load()

@@ -15,7 +15,7 @@ import pytest
 from fallback_daemon import embedded, migrate, service, store
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TEMPLATE = "fd_test_template"
+TEMPLATE = f"fd_test_template_{os.getpid()}"  # one per pytest process: parallel runs never collide
 
 
 def with_database(dsn: str, name: str) -> str:

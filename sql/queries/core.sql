@@ -65,7 +65,7 @@ ORDER BY send_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
 
 -- name: lock_messages --
 -- $1 ids uuid[], $2 provider message ids text[]. Locks in id order so concurrent batches cannot deadlock.
-SELECT id, chat_state, fallback_state, fallback_rule, double_delivered, provider_message_id
+SELECT id, chat_state, fallback_state, fallback_rule, double_delivered, provider_message_id, channel
 FROM messages
 WHERE id = ANY($1::uuid[]) OR provider_message_id = ANY($2::text[])
 ORDER BY id
