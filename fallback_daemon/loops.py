@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,15 @@ import structlog
 from fallback_daemon import errors, policy, ports, ratelimit, service
 
 log = structlog.get_logger("fallback_daemon.loops")
+
+
+def template_params(row: asyncpg.Record) -> dict[str, str]:
+    """The message's TemplateParams (stored as the JSON string sent to CAMS), for template SMS providers."""
+    raw = row["template_params"]
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
@@ -254,7 +264,8 @@ class TimerLoop:
         text = row["sms_text"] or ""
         for attempt in range(1, self.sms_max_attempts + 1):
             try:
-                sms_id = await self.sms.send(fallback_id=str(mid), to=row["to_number"], text=text)
+                sms_id = await self.sms.send(fallback_id=str(mid), to=row["to_number"], text=text,
+                                             template_params=template_params(row))
             except errors.TransientError as exc:
                 if attempt == self.sms_max_attempts:
                     self.writer.put(service.Outcome(message_id=mid, event=policy.SmsRejected(),

@@ -92,6 +92,16 @@ class OperatorFire:
 
 
 @dataclasses.dataclass(frozen=True)
+class OperatorDrop:
+    """An operator dropped a pending (or held) fallback: it will never fire."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorResend:
+    """An operator re-drives a message stuck in `sending` or `unknown`: it is sent again (explicitly)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class FiringInterrupted:
     """A firing lease expired (crash between 'firing' and 'SMS sent'); `resend` picks at-least-once."""
 
@@ -109,6 +119,8 @@ Event = (
     | SmsReceipt
     | OperatorCancel
     | OperatorFire
+    | OperatorDrop
+    | OperatorResend
     | FiringInterrupted
 )
 
@@ -187,6 +199,14 @@ def decide(state: State, event: Event) -> Decision:  # noqa: C901 - one flat dis
             if state.fallback in PENDING:
                 return Decision(chat=state.chat, fallback=F.ARMED, outcome="operator_fire", fire_reason="operator")
             return Decision(chat=state.chat, fallback=state.fallback, outcome="operator_fire_refused")
+        case OperatorDrop():
+            if state.fallback in PENDING:
+                return Decision(chat=state.chat, fallback=F.SUPPRESSED, outcome="operator_dropped")
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="operator_drop_refused")
+        case OperatorResend():
+            if state.chat in (C.SENDING, C.UNKNOWN):
+                return Decision(chat=C.ACCEPTED, fallback=state.fallback, outcome="operator_resend")
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="operator_resend_refused")
         case FiringInterrupted(resend=resend):
             if state.fallback is not F.FIRING:
                 return Decision(chat=state.chat, fallback=state.fallback, outcome="recovery_ignored")

@@ -26,8 +26,12 @@ class SmsGateway(Protocol):
 
     name: str
 
-    async def send(self, *, fallback_id: str, to: str, text: str) -> str:
-        """Send one SMS carrying our fallback id as its reference; return the provider's id."""
+    async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
+        """Send one SMS carrying our fallback id as its reference; return the provider's id.
+
+        `text` is the resolved fallback text; template-based providers (SendSms) use `template_params`
+        (the message's TemplateParams) instead.
+        """
         ...
 
 

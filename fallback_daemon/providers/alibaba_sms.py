@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fallback_daemon import errors
 from fallback_daemon.providers import acs
 
@@ -15,7 +17,7 @@ class GlobeSms:
         self._client = client
         self._sender = sender
 
-    async def send(self, *, fallback_id: str, to: str, text: str) -> str:
+    async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
         params = {"To": to, "Message": text, "TaskId": fallback_id}
         if self._sender:
             params["From"] = self._sender

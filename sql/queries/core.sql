@@ -137,7 +137,8 @@ WITH due AS (
         updated_at = now()
     FROM due
     WHERE m.id = due.id AND m.fallback_state = 'armed'
-    RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.due_at, m.fired_at, m.channel
+    RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.due_at, m.fired_at, m.channel,
+              m.params->>'TemplateParams' AS template_params
 ), ev AS (
     INSERT INTO message_events (message_id, kind, detail)
     SELECT id, 'fallback_fired',
@@ -145,7 +146,7 @@ WITH due AS (
                               'lateness_ms', round(extract(epoch FROM (fired_at - due_at)) * 1000))
     FROM fired
 )
-SELECT id, to_number, sms_text, fire_reason, channel,
+SELECT id, to_number, sms_text, fire_reason, channel, template_params,
        extract(epoch FROM (clock_timestamp() - due_at)) AS lateness_s
 FROM fired;
 
@@ -165,7 +166,8 @@ ORDER BY fire_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
 UPDATE messages
 SET fire_lease_until = now() + $2 * interval '1 second', sms_attempts = sms_attempts + 1, updated_at = now()
 WHERE id = $1 AND fallback_state = 'firing'
-RETURNING id, to_number, sms_text, fire_reason, channel, 0.0::float8 AS lateness_s;
+RETURNING id, to_number, sms_text, fire_reason, channel, params->>'TemplateParams' AS template_params,
+          0.0::float8 AS lateness_s;
 
 -- name: acquire_tokens --
 -- $1 name text, $2 rate per second float8, $3 capacity float8, $4 wanted int. Returns tokens granted.

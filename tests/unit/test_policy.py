@@ -82,6 +82,12 @@ CASES = [
     (st(C.SENT, F.ARMED), policy.OperatorFire(), C.SENT, F.ARMED, "operator", False),
     (st(C.SENT, F.HELD), policy.OperatorFire(), C.SENT, F.ARMED, "operator", False),
     (st(C.SENT, F.CANCELLED), policy.OperatorFire(), C.SENT, F.CANCELLED, None, False),
+    (st(C.SENT, F.HELD), policy.OperatorDrop(), C.SENT, F.SUPPRESSED, None, False),
+    (st(C.SENT, F.ARMED), policy.OperatorDrop(), C.SENT, F.SUPPRESSED, None, False),
+    (st(C.SENT, F.SMS_SENT), policy.OperatorDrop(), C.SENT, F.SMS_SENT, None, False),
+    (st(C.UNKNOWN, F.ARMED), policy.OperatorResend(), C.ACCEPTED, F.ARMED, None, False),
+    (st(C.SENDING, F.ARMED), policy.OperatorResend(), C.ACCEPTED, F.ARMED, None, False),
+    (st(C.DELIVERED, F.CANCELLED), policy.OperatorResend(), C.DELIVERED, F.CANCELLED, None, False),
     # --- interrupted firing
     (st(C.SENT, F.FIRING), policy.FiringInterrupted(resend=False), C.SENT, F.HELD, None, False),
     (st(C.SENT, F.FIRING), policy.FiringInterrupted(resend=True), C.SENT, F.FIRING, None, False),
