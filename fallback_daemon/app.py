@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from fallback_daemon import config, consumers, embedded, errors, loops, migrate, ratelimit, service, store, web as web_
+from fallback_daemon import config, consumers, embedded, errors, health, loops, migrate, ratelimit, service, store, web as web_
 from fallback_daemon.providers import acs, alibaba_sms, cams
 from fallback_daemon.web import keys
 
@@ -119,6 +119,7 @@ async def serve(
                                 max_sleep_s=settings.timer_max_sleep_s, concurrency=settings.send_concurrency,
                                 sms_max_attempts=settings.sms_max_attempts)
         recovery = loops.RecoveryLoop(svc, timer, resend=settings.recovery_mode == "resend")
+        gate = health.GateLoop(svc, window_s=settings.gate_window_s, per_channel=dict(settings.gate_channels))
         queue_consumers: list[consumers.QueueConsumer] = []
         # --- queue consumers (MNS, SQS): append QueueConsumer objects here ---
         # --- end queue consumers ---
@@ -152,6 +153,7 @@ async def serve(
                 tg.create_task(sender.run(stop, grace), name="sender")
                 tg.create_task(timer.run(stop, grace), name="timer")
                 tg.create_task(recovery.run(stop), name="recovery")
+                tg.create_task(gate.run(stop), name="feed-gate")
                 for consumer in queue_consumers:
                     tg.create_task(consumer.run(stop), name=f"consumer-{consumer.queue.name}")
                 tg.create_task(_stop_readiness(app, stop), name="readiness")

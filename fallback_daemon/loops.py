@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
 
-from fallback_daemon import errors, policy, ports, ratelimit, service
+from fallback_daemon import errors, metrics, policy, ports, ratelimit, service
+from fallback_daemon.providers import acs
 
 log = structlog.get_logger("fallback_daemon.loops")
 
@@ -189,19 +191,30 @@ class SenderLoop:
 
     async def _send(self, row: asyncpg.Record) -> None:
         mid: uuid.UUID = row["id"]
+        started = time.perf_counter()
         try:
             pid = await self.chat.send(task_id=str(mid), params=row["params"])
         except errors.TransientError as exc:
+            metrics.provider_latency.labels("cams").observe(time.perf_counter() - started)
+            if acs.is_throttling(exc.code):
+                metrics.throttled.labels("cams").inc()
             if row["send_attempts"] >= self.max_attempts:
+                metrics.sends.labels("failed").inc()
                 self.writer.put(service.Outcome(message_id=mid, event=policy.SendFailed(),
                                                 error=f"retries exhausted: {exc}"))
             else:
+                metrics.sends.labels("retry").inc()
                 await self.svc.retry_send(mid, backoff(row["send_attempts"]), str(exc))
         except errors.PermanentError as exc:
+            metrics.provider_latency.labels("cams").observe(time.perf_counter() - started)
+            metrics.sends.labels("failed").inc()
             self.writer.put(service.Outcome(message_id=mid, event=policy.SendFailed(), error=str(exc)))
         except errors.AmbiguousError as exc:
+            metrics.sends.labels("unknown").inc()
             self.writer.put(service.Outcome(message_id=mid, event=policy.SendUnknown(), error=str(exc)))
         else:
+            metrics.provider_latency.labels("cams").observe(time.perf_counter() - started)
+            metrics.sends.labels("ok").inc()
             self.writer.put(service.Outcome(message_id=mid, event=policy.SendOk(), provider_message_id=pid,
                                             detail={"provider_message_id": pid}))
 
@@ -254,7 +267,18 @@ class TimerLoop:
             sleep = self.max_sleep_s if delay is None else min(self.max_sleep_s, max(0.0, delay))
             await wait_any(stop, self.wake, sleep)
 
-    async def submit(self, row: asyncpg.Record) -> None:
+    async def submit(self, row: asyncpg.Record, *, resend: bool = False) -> None:
+        if resend:
+            metrics.recovered.labels("resend").inc()
+            await self.pool.submit(lambda: self._send_sms(row))
+            return
+        if row["fallback_state"] == "held":
+            metrics.fallbacks_held.labels(row["hold_reason"] or "unknown").inc()
+            log.warning("fallback_held", message_id=str(row["id"]), reason=row["hold_reason"], channel=row["channel"])
+            return
+        metrics.fallbacks_fired.labels(row["fire_reason"] or "unknown").inc()
+        if row["lateness_s"] is not None and row["fire_reason"] == "timeout":
+            metrics.timer_lateness.observe(max(0.0, row["lateness_s"]))
         if self.on_fired is not None:
             self.on_fired(row)
         await self.pool.submit(lambda: self._send_sms(row))
@@ -263,24 +287,34 @@ class TimerLoop:
         mid: uuid.UUID = row["id"]
         text = row["sms_text"] or ""
         for attempt in range(1, self.sms_max_attempts + 1):
+            started = time.perf_counter()
             try:
                 sms_id = await self.sms.send(fallback_id=str(mid), to=row["to_number"], text=text,
                                              template_params=template_params(row))
             except errors.TransientError as exc:
+                metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
+                if acs.is_throttling(exc.code):
+                    metrics.throttled.labels("sms").inc()
                 if attempt == self.sms_max_attempts:
+                    metrics.fallback_sms.labels("rejected").inc()
                     self.writer.put(service.Outcome(message_id=mid, event=policy.SmsRejected(),
                                                     error=f"retries exhausted: {exc}"))
                     return
                 await asyncio.sleep(backoff(attempt, cap=10.0))
             except errors.PermanentError as exc:
+                metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
+                metrics.fallback_sms.labels("rejected").inc()
                 self.writer.put(service.Outcome(message_id=mid, event=policy.SmsRejected(), error=str(exc)))
                 return
             except errors.AmbiguousError as exc:
+                metrics.fallback_sms.labels("unknown").inc()
                 # The SMS may have gone out: leave the row `firing`; the recovery sweep applies the
                 # configured policy (park = at-most-once, resend = at-least-once) after the lease.
                 log.warning("sms_outcome_unknown", message_id=str(mid), error=str(exc))
                 return
             else:
+                metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
+                metrics.fallback_sms.labels("sent").inc()
                 self.writer.put(service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id=sms_id,
                                                 detail={"sms_id": sms_id, "provider": self.sms.name}))
                 return
@@ -297,7 +331,7 @@ class RecoveryLoop:
         while not stop.is_set():
             try:
                 for row in await self.svc.recover(limit=500, resend=self.resend, lease_s=self.timer.lease_s):
-                    await self.timer.submit(row)
+                    await self.timer.submit(row, resend=True)
             except errors.StoreError as exc:
                 log.warning("recovery_failed", error=str(exc))
             await wait_any(stop, self.wake, self.interval_s)

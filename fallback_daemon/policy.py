@@ -162,6 +162,19 @@ def is_success(rule: model.Rule, chat: C) -> bool:
     return chat in (C.DELIVERED, C.READ)
 
 
+# ---- receipt-feed health gate ---------------------------------------------------------------------------
+def feed_gate_closed(*, now: float, earliest_unanswered_send: float | None, window_s: float) -> bool:
+    """Hold timer fallbacks on a channel whose receipt feed looks dead.
+
+    Closed when something was sent on the channel after its last receipt, and `window_s` has passed since
+    that send with still no receipt at all (so a wave of timeouts is the feed's fault, not the users').
+    A window of 0 disables the gate. Times are Unix seconds from the database clock.
+    """
+    if window_s <= 0 or earliest_unanswered_send is None:
+        return False
+    return now - earliest_unanswered_send > window_s
+
+
 # ---- decide -----------------------------------------------------------------------------------------------
 def decide(state: State, event: Event) -> Decision:  # noqa: C901 - one flat dispatch over the event types
     """Apply one event to one message's state."""

@@ -32,7 +32,7 @@ async def admin_dsn() -> str:
 
 
 @pytest.fixture(scope="session")
-async def template_db(admin_dsn: str) -> str:
+async def template_db(admin_dsn: str) -> AsyncIterator[str]:
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
@@ -44,7 +44,12 @@ async def template_db(admin_dsn: str) -> str:
         await migrate.migrate(tconn)
     finally:
         await tconn.close()
-    return TEMPLATE
+    yield TEMPLATE
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import prometheus_client
 from aiohttp import web
 
-from fallback_daemon import config, errors, service
+from fallback_daemon import config, errors, health, service
 from fallback_daemon.web import api, keys, receipts
 
 
@@ -47,7 +48,15 @@ def create_app(settings: config.Settings, svc: service.Service) -> web.Applicati
     receipts.setup(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format; database-backed gauges are refreshed on each scrape."""
+    await health.refresh_gauges(request.app[keys.SERVICE])
+    body = prometheus_client.generate_latest()
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:

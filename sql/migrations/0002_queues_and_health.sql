@@ -23,3 +23,6 @@ CREATE TABLE feed_health (
 
 -- "Was anything sent on this channel since the last receipt?" for the gate.
 CREATE INDEX messages_channel_sent ON messages (channel, sent_at) WHERE sent_at IS NOT NULL;
+
+-- Held fallbacks (health gate, interrupted firing) are counted and listed often; keep them in a small index.
+CREATE INDEX messages_held ON messages (hold_reason, updated_at) WHERE fallback_state = 'held';

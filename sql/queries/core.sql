@@ -124,30 +124,40 @@ ORDER BY id FOR UPDATE;
 
 -- name: claim_due_fallbacks --
 -- $1 limit int, $2 lease seconds float8. The at-most-once transition armed -> firing, with its event rows.
+-- A timer fallback (no fire_reason yet) on a channel whose receipt-feed gate is closed is held instead.
 WITH due AS (
-    SELECT id FROM messages
+    SELECT id, channel FROM messages
     WHERE fallback_state = 'armed' AND due_at <= now()
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), d AS (
+    SELECT due.id, (g.channel IS NOT NULL) AS gated
+    FROM due LEFT JOIN feed_health g ON g.channel = due.channel AND g.gate_closed
 ), fired AS (
     UPDATE messages m
-    SET fallback_state = 'firing', fired_at = now(), fire_reason = coalesce(m.fire_reason, 'timeout'),
-        fire_lease_until = now() + $2 * interval '1 second', sms_attempts = m.sms_attempts + 1,
+    SET fallback_state = CASE WHEN d.gated AND m.fire_reason IS NULL THEN 'held' ELSE 'firing' END,
+        hold_reason = CASE WHEN d.gated AND m.fire_reason IS NULL THEN 'feed_down' END,
+        fired_at = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE now() END,
+        fire_reason = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE coalesce(m.fire_reason, 'timeout') END,
+        fire_lease_until = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL
+                                ELSE now() + $2 * interval '1 second' END,
+        sms_attempts = m.sms_attempts + CASE WHEN d.gated AND m.fire_reason IS NULL THEN 0 ELSE 1 END,
+        due_at = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE m.due_at END,
         updated_at = now()
-    FROM due
-    WHERE m.id = due.id AND m.fallback_state = 'armed'
-    RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.due_at, m.fired_at, m.channel,
-              m.params->>'TemplateParams' AS template_params
+    FROM d
+    WHERE m.id = d.id AND m.fallback_state = 'armed'
+    RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.fallback_state, m.hold_reason, m.channel,
+              m.params->>'TemplateParams' AS template_params, m.due_at,
+              extract(epoch FROM (clock_timestamp() - m.due_at))::float8 AS lateness_s
 ), ev AS (
     INSERT INTO message_events (message_id, kind, detail)
-    SELECT id, 'fallback_fired',
-           jsonb_build_object('reason', fire_reason, 'due_at', due_at,
-                              'lateness_ms', round(extract(epoch FROM (fired_at - due_at)) * 1000))
+    SELECT id, CASE WHEN fallback_state = 'held' THEN 'fallback_held' ELSE 'fallback_fired' END,
+           jsonb_build_object('reason', coalesce(fire_reason, hold_reason), 'due_at', due_at,
+                              'lateness_ms', round(lateness_s * 1000))
     FROM fired
 )
-SELECT id, to_number, sms_text, fire_reason, channel, template_params,
-       extract(epoch FROM (clock_timestamp() - due_at)) AS lateness_s
+SELECT id, to_number, sms_text, fire_reason, fallback_state, hold_reason, channel, template_params, lateness_s
 FROM fired;
 
 -- name: next_due_in --
@@ -210,3 +220,38 @@ SELECT 1;
 -- Taken in hash order at the start of both transactions, so they cannot deadlock.
 SELECT count(pg_advisory_xact_lock(h))
 FROM (SELECT DISTINCT hashtextextended(p, 0) AS h FROM unnest($1::text[]) AS p ORDER BY 1) AS s;
+
+-- name: flush_feed_health --
+-- $1 channel text[], $2 last receipt unix time float8[]. Every replica flushes what it saw every few seconds.
+INSERT INTO feed_health (channel, last_receipt_at)
+SELECT c, to_timestamp(t) FROM unnest($1::text[], $2::float8[]) AS u(c, t)
+ON CONFLICT (channel) DO UPDATE
+SET last_receipt_at = greatest(feed_health.last_receipt_at, excluded.last_receipt_at);
+
+-- name: feed_status --
+-- $1 channels text[]. Per channel: last receipt, gate state, and the earliest send with no receipt since.
+SELECT c.channel,
+       extract(epoch FROM f.last_receipt_at)::float8 AS last_receipt,
+       coalesce(f.gate_closed, false) AS gate_closed,
+       (SELECT extract(epoch FROM min(m.sent_at))::float8 FROM messages m
+        WHERE m.channel = c.channel AND m.sent_at IS NOT NULL
+          AND m.sent_at > coalesce(f.last_receipt_at, '-infinity'::timestamptz)) AS earliest_unanswered,
+       extract(epoch FROM now())::float8 AS now
+FROM unnest($1::text[]) AS c(channel) LEFT JOIN feed_health f USING (channel);
+
+-- name: set_feed_gate --
+-- $1 channel text, $2 closed bool
+INSERT INTO feed_health (channel, gate_closed, changed_at) VALUES ($1, $2, now())
+ON CONFLICT (channel) DO UPDATE SET gate_closed = excluded.gate_closed, changed_at = now()
+WHERE feed_health.gate_closed IS DISTINCT FROM excluded.gate_closed;
+
+-- name: gauge_counts --
+-- Cheap counts for /metrics, each served by a partial index.
+SELECT (SELECT count(*) FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL)::int AS pending_timers,
+       (SELECT count(*) FROM messages WHERE fallback_state = 'held')::int AS held;
+
+-- name: recent_counts_by_state --
+-- $1 window seconds float8. Counts by state of messages accepted within the window.
+SELECT chat_state, fallback_state, count(*)::int AS n FROM messages
+WHERE created_at > now() - $1 * interval '1 second'
+GROUP BY chat_state, fallback_state;

@@ -157,3 +157,17 @@ async def test_unknown_message_404(daemon: app.Running, http: aiohttp.ClientSess
         assert resp.status == 400
 
 
+
+
+async def test_metrics_endpoint(daemon: app.Running, http: aiohttp.ClientSession) -> None:
+    """/metrics serves the Prometheus text format with the send, receipt and timer metrics."""
+    async with http.post(f"{daemon.url}/v1/messages", json=BODY) as resp:
+        mid = (await resp.json())["id"]
+    await wait_for(http, f"{daemon.url}/v1/messages/{mid}", lambda v: v["chat_state"] == "read")
+    async with http.get(f"{daemon.url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    for name in ("fallback_sends_total", "fallback_receipts_total", "fallback_pending_timers",
+                 "fallback_provider_latency_seconds_bucket", "fallback_held"):
+        assert name in text
+    assert 'fallback_sends_total{outcome="ok"}' in text

@@ -138,3 +138,17 @@ def test_no_sms_means_no_fallback() -> None:
     """A message without SMS content starts with no fallback; with content it starts armed."""
     assert policy.initial_fallback(has_sms=False) is F.NONE
     assert policy.initial_fallback(has_sms=True) is F.ARMED
+
+
+@pytest.mark.parametrize(
+    ("now", "earliest", "window", "closed"),
+    [
+        (1000.0, None, 600, False),  # nothing sent since the last receipt
+        (1000.0, 500.0, 600, False),  # a send 500 s ago, window 600 s: still waiting
+        (1000.0, 300.0, 600, True),  # 700 s after a send with no receipt at all: the feed looks down
+        (1000.0, 300.0, 0, False),  # window 0 disables the gate
+    ],
+)
+def test_feed_gate(now: float, earliest: float | None, window: float, closed: bool) -> None:
+    """The gate closes only after a full window of silence following a send, and never when disabled."""
+    assert policy.feed_gate_closed(now=now, earliest_unanswered_send=earliest, window_s=window) is closed
