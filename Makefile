@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(BIN)/fallback-daemon demo
 
 test: $(STAMP)
+	# The operator page's browser test needs Debian's chromium (tests/integration/test_ui_browser.py).
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest
 
 run: $(STAMP)

@@ -13,8 +13,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from fallback_daemon import config, consumers, embedded, errors, health, loops, migrate, ratelimit, service, store, web as web_
-from fallback_daemon.providers import acs, alibaba_sms, cams
+from fallback_daemon import config, consumers, embedded, errors, health, loops, migrate, model, ratelimit, service, store, web as web_
+from fallback_daemon.providers import acs, aws, cams, dybaseapi, mns, sms_routing, sqs
 from fallback_daemon.web import keys
 
 log = structlog.get_logger("fallback_daemon.app")
@@ -40,11 +40,14 @@ async def database_dsn(settings: config.Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_sandbox(settings: config.Settings) -> AsyncIterator[tuple[config.Settings, object]]:
+async def open_sandbox(
+    settings: config.Settings, sb_config: object | None = None
+) -> AsyncIterator[tuple[config.Settings, object]]:
     """Start the built-in sandbox in-process and point the providers at it."""
     from fallback_daemon import sandbox  # the sandbox is only imported when asked for
 
-    sb_config = sandbox.SandboxConfig()
+    sb_config = sb_config or sandbox.SandboxConfig()
+    assert isinstance(sb_config, sandbox.SandboxConfig)
     sb = await sandbox.serve(sb_config, "127.0.0.1", 0)
     try:
         settings = dataclasses.replace(
@@ -78,6 +81,7 @@ async def serve(
     run_migrations: bool = True,
     started: asyncio.Future[Running] | None = None,
     stop: asyncio.Event | None = None,
+    sandbox_config: object | None = None,
 ) -> None:
     """Run the daemon until `stop` is set (SIGTERM/SIGINT set it)."""
     check_can_run(settings, use_sandbox=use_sandbox)
@@ -86,7 +90,7 @@ async def serve(
         sandbox_url = None
         sb = None
         if use_sandbox:
-            settings, sb = await stack.enter_async_context(open_sandbox(settings))
+            settings, sb = await stack.enter_async_context(open_sandbox(settings, sandbox_config))
             sandbox_url = sb.url  # type: ignore[attr-defined]
         dsn = await database_dsn(settings)
         db = await store.Store.connect(dsn, max_size=10)
@@ -107,11 +111,13 @@ async def serve(
 
         chat = cams.CamsClient(client(settings.cams_endpoint, cams.VERSION))
         # --- SMS providers and routing (owned by the SMS provider work) ---
-        sms = alibaba_sms.GlobeSms(client(settings.sms_endpoint, alibaba_sms.VERSION), sender=settings.sms_from)
+        aws_session = aws.new_session()  # also used by the SQS consumers below
+        sms = await sms_routing.build(settings, stack=stack, alibaba=client, aws_session=aws_session,
+                                      domestic_endpoint=sandbox_url or settings.sms_domestic_endpoint)
         # --- end SMS providers ---
         svc = service.Service(db, sms_template=settings.sms_template,
                               timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0)
-        limiter = ratelimit.RateLimiter(db, name="cams", rate=settings.send_rate, burst=settings.send_burst)
+        limiter = ratelimit.RateLimiter(db, name="cams", rate=settings.send_rate, headroom=settings.send_burst)
         send_lease = settings.send_timeout_s * 3 + 30
         sender = loops.SenderLoop(svc, chat, limiter, concurrency=settings.send_concurrency,
                                   max_attempts=settings.send_max_attempts, lease_s=send_lease)
@@ -122,6 +128,36 @@ async def serve(
         gate = health.GateLoop(svc, window_s=settings.gate_window_s, per_channel=dict(settings.gate_channels))
         queue_consumers: list[consumers.QueueConsumer] = []
         # --- queue consumers (MNS, SQS): append QueueConsumer objects here ---
+        queue_consumers += [
+            consumers.QueueConsumer(queue, svc, pollers=settings.sqs_pollers, batch=sqs.MAX_MESSAGES,
+                                    wait_s=settings.sqs_wait_s)
+            for queue in await sqs.open_queues(settings, stack=stack, session=aws_session)
+        ]
+        # MNS (docs/receipts-mns.md): Alicom queues read with QueryTokenForMnsQueue tokens, or own queues read
+        # with a static AccessKey. With the in-process sandbox, it serves both and delivers receipts into MNS.
+        mns_names = ((settings.mns_chatapp_queue, model.ReceiptKind.CHATAPP),
+                     (settings.mns_sms_queue, model.ReceiptKind.SMS))
+        if any(name for name, _ in mns_names):
+            own_key = bool(settings.mns_access_key_id) and sb is None
+            mns_ak = settings.mns_access_key_id if own_key else settings.access_key_id
+            mns_sk = settings.mns_access_key_secret if own_key else settings.access_key_secret
+            tokens = dybaseapi.DybaseapiClient(
+                session, endpoint=sandbox_url or settings.dybaseapi_endpoint,
+                version=settings.dybaseapi_version, access_key_id=mns_ak, access_key_secret=mns_sk,
+                timeout_s=settings.send_timeout_s)
+            mns_endpoint = sandbox_url or mns.endpoint_for(settings.mns_mode, settings.mns_endpoint)
+            for name, kind in filter(lambda nk: nk[0], mns_names):
+                creds: mns.CredentialSource = mns.StaticCredentials(mns_ak, mns_sk)
+                if settings.mns_mode == "alicom":
+                    mtype = dybaseapi.message_type_for(name, kind)
+                    creds = dybaseapi.TokenCredentials(tokens, queue_name=name, message_type=mtype)
+                queue = mns.MnsQueue(session, endpoint=mns_endpoint, queue_name=name, kind=kind,
+                                     credentials=creds)
+                queue_consumers.append(consumers.QueueConsumer(
+                    queue, svc, pollers=settings.mns_pollers, batch=settings.mns_batch,
+                    wait_s=settings.mns_wait_s))
+            if sb is not None:
+                sb.set_receipt_delivery("mns")  # type: ignore[attr-defined]
         # --- end queue consumers ---
 
         app = web_.create_app(settings, svc)
@@ -154,6 +190,8 @@ async def serve(
                 tg.create_task(timer.run(stop, grace), name="timer")
                 tg.create_task(recovery.run(stop), name="recovery")
                 tg.create_task(gate.run(stop), name="feed-gate")
+                # --- retention (purge of finished rows): owned by the performance work ---
+                # --- end retention ---
                 for consumer in queue_consumers:
                     tg.create_task(consumer.run(stop), name=f"consumer-{consumer.queue.name}")
                 tg.create_task(_stop_readiness(app, stop), name="readiness")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from fallback_daemon import app, config, errors, logs, migrate, store
+from fallback_daemon import app, cli_ops, config, errors, logs, migrate, store
 
 log = structlog.get_logger("fallback_daemon.cli")
 
@@ -39,12 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--reorder", action="store_true")
     sb.add_argument("--access-key-id", default=None)
     sb.add_argument("--access-key-secret", default=None)
+    # MNS: receipts as queue messages, temporary credentials (QueryTokenForMnsQueue), redelivery.
+    sb.add_argument("--receipt-delivery", choices=["http", "mns", "both"], default="http",
+                    help="push receipts over HTTP, put them into the MNS queues, or both (duplicates)")
+    sb.add_argument("--mns-uid", default="1234567890", help="<uid> in Alicom-Queue-<uid>-ChatAppStatus")
+    sb.add_argument("--mns-chatapp-queue", default=None, help="MNS queue for ChatApp reports (an own queue)")
+    sb.add_argument("--mns-sms-queue", default=None, help="MNS queue for SMS reports (an own queue)")
+    sb.add_argument("--mns-visibility-timeout-s", type=int, default=30)
+    sb.add_argument("--mns-token-ttl-s", type=int, default=600, help="lifetime of issued MNS tokens")
     demo = sub.add_parser("demo", help="daemon + sandbox + a stream of demo messages, with a live view")
     demo.add_argument("--count", type=int, default=200, help="messages to send")
     demo.add_argument("--rate", type=float, default=40.0, help="messages per second to submit")
     demo.add_argument("--timer-scale", type=float, default=0.1,
                       help="sandbox-only: multiply FallBackDuration (60 s * 0.1 = 6 s)")
     demo.add_argument("--exit", action="store_true", help="exit after the summary instead of staying up")
+    cli_ops.register(sub)  # operator commands: status, list, stats, cancel, fire, redrive, held, dead-letters
     return parser
 
 
@@ -69,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
+    if cli_ops.is_ops(args):
+        return await cli_ops.run(args, settings)
     if args.command == "migrate":
         db = await store.Store.connect(await app.database_dsn(settings), min_size=1, max_size=1)
         try:
@@ -91,6 +102,10 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
             chatapp_callback_url=args.chatapp_callback, sms_callback_url=args.sms_callback, mode=args.mode,
             seed=args.seed, qps=args.qps, duplicate_rate=args.duplicate_rate,
             omit_task_id_rate=args.omit_task_id_rate, reorder=args.reorder, **overrides,
+            receipt_delivery=args.receipt_delivery, mns_uid=args.mns_uid,
+            mns_chatapp_queue=args.mns_chatapp_queue, mns_sms_queue=args.mns_sms_queue,
+            mns_visibility_timeout_s=args.mns_visibility_timeout_s,
+            mns_token_ttl_s=args.mns_token_ttl_s,
         )
         await sandbox.run_forever(sb_config, args.host, args.port)
         return 0

@@ -6,6 +6,7 @@ No other module reads os.environ. A bad value raises ConfigError naming the vari
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -78,7 +79,35 @@ class Settings:
     gate_window_s: float = 600.0  # 0 disables; FALLBACK_GATE_CHANNELS overrides per channel
     gate_channels: tuple[tuple[str, float], ...] = ()
     # --- queues (MNS / SQS): section owned by the queue work ---
+    # SQS (AWS credentials: the standard AWS chain, never settings); both URLs empty = no SQS consumer.
+    sqs_chatapp_queue_url: str = ""
+    sqs_sms_queue_url: str = ""
+    sqs_pollers: int = 2
+    sqs_wait_s: int = 10  # long poll; shutdown waits for a poll in progress, so stay below the grace
+    aws_region: str = ""  # empty: the AWS chain decides (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config)
+    aws_endpoint_url: str | None = None  # moto / localstack; used by the SQS and SNS clients
+    # MNS (docs/receipts-mns.md): no queue name = no MNS consumer. alicom: temporary credentials from
+    # Dybaseapi QueryTokenForMnsQueue; own: a static AccessKey on a queue of the user's account.
+    mns_mode: str = "alicom"
+    mns_endpoint: str = ""  # empty: Alibaba's China Alicom endpoint (alicom mode only)
+    mns_chatapp_queue: str = ""
+    mns_sms_queue: str = ""
+    mns_access_key_id: str = ""  # empty: ALIBABA_CLOUD_ACCESS_KEY_ID (also signs QueryTokenForMnsQueue)
+    mns_access_key_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    dybaseapi_endpoint: str = "https://dybaseapi.aliyuncs.com"
+    dybaseapi_version: str = "2017-05-25"
+    mns_pollers: int = 2
+    mns_wait_s: int = 10
+    mns_batch: int = 16
     # --- SMS providers and routing: section owned by the SMS provider work ---
+    sms_provider: str = "globe"  # default provider: globe | domestic | sns
+    sms_routes: tuple[tuple[str, str], ...] = ()  # ("86", "domestic"), ("channel:viber", "globe"), ...
+    sms_sign_name: str = ""  # SendSms SignName
+    sms_template_code: str = ""  # SendSms TemplateCode
+    sms_template_param: tuple[tuple[str, str], ...] | None = None  # SendSms variable -> "{key}" text
+    sms_domestic_endpoint: str = "https://dysmsapi.aliyuncs.com"
+    sns_sender_id: str = ""
+    sns_sms_type: str = "Transactional"
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -96,7 +125,8 @@ class Settings:
             missing.append("FALLBACK_RECEIPT_TOKEN")
         if not self.api_token:
             missing.append("FALLBACK_API_TOKEN")
-        if not self.sms_from:
+        globe_used = "globe" in {self.sms_provider, *(p for _, p in self.sms_routes)}
+        if globe_used and not self.sms_from:
             missing.append("FALLBACK_SMS_FROM")
         return missing
 
@@ -160,6 +190,67 @@ def _channel_windows(raw: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+# --- parsers of the SQS and SMS-provider settings ---
+SMS_PROVIDERS = ("globe", "domestic", "sns")
+
+
+def _queue_url(raw: str) -> str:
+    url = yarl.URL(raw)
+    if url.scheme not in ("http", "https") or not url.host or url.path in ("", "/"):
+        raise ValueError("must be a queue URL like https://sqs.<region>.amazonaws.com/<account>/<queue>")
+    return raw
+
+
+def _sms_routes(raw: str) -> tuple[tuple[str, str], ...]:
+    """"86=domestic,+1=sns,channel:viber=globe" -> (("86", "domestic"), ("1", "sns"), …)."""
+    out: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, provider = (x.strip() for x in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"{item!r} must look like 86=domestic or channel:viber=globe")
+        if provider not in SMS_PROVIDERS:
+            expected = ", ".join(SMS_PROVIDERS)
+            raise ValueError(f"{item!r}: unknown provider {provider!r} (expected one of {expected})")
+        if key.startswith("channel:"):
+            channel = key.removeprefix("channel:").strip().lower()
+            if not channel.isalpha():
+                raise ValueError(f"{item!r}: channel:<name> needs a channel name such as viber")
+            key = f"channel:{channel}"
+        else:
+            key = key.removeprefix("+")
+            if not (key.isascii() and key.isdigit()):
+                raise ValueError(f"{item!r}: a route is a dialing-code prefix (digits) or channel:<name>")
+        if key in dict(out):
+            raise ValueError(f"{key!r} is routed twice")
+        out.append((key, provider))
+    return tuple(out)
+
+
+def _template_param_map(raw: str) -> tuple[tuple[str, str], ...]:
+    """'{"code":"{1}"}' -> (("code", "{1}"),): SendSms variable -> {key} text."""
+    value = json.loads(raw)  # a JSONDecodeError is a ValueError
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError('must be a JSON object of strings, e.g. {"code":"{1}"}')
+    return tuple(value.items())
+
+
+def _sender_id(raw: str) -> str:
+    ok = 1 <= len(raw) <= 11 and raw.isascii() and all(c.isalnum() or c == "-" for c in raw)
+    if not ok or not any(c.isalpha() for c in raw) or raw.startswith("-") or raw.endswith("-"):
+        raise ValueError("must be 1-11 letters, digits or inner hyphens, with at least one letter")
+    return raw
+
+
+# --- parsers of the MNS settings ---
+def _mns_queue_name(raw: str) -> str:
+    """MNS queue names: a letter, then letters, digits and hyphens (at most 256 characters)."""
+    if not (raw[:1].isascii() and raw[:1].isalpha() and len(raw) <= 256
+            and all(c.isascii() and (c.isalnum() or c == "-") for c in raw)):
+        raise ValueError("must be an MNS queue name: a letter, then letters, digits or '-' (e.g. "
+                         "Alicom-Queue-1234567890-ChatAppStatus)")
+    return raw
+
+
 # environment variable -> (Settings field, parser)
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATABASE_URL": ("database_url", _dsn),
@@ -192,7 +283,32 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "FALLBACK_GATE_WINDOW_S": ("gate_window_s", _float(0, 7 * 86400)),
     "FALLBACK_GATE_CHANNELS": ("gate_channels", _channel_windows),
     # --- queues (MNS / SQS) ---
+    "FALLBACK_SQS_CHATAPP_QUEUE_URL": ("sqs_chatapp_queue_url", _queue_url),
+    "FALLBACK_SQS_SMS_QUEUE_URL": ("sqs_sms_queue_url", _queue_url),
+    "FALLBACK_SQS_POLLERS": ("sqs_pollers", _int(1, 64)),
+    "FALLBACK_SQS_WAIT_S": ("sqs_wait_s", _int(1, 20)),
+    "FALLBACK_AWS_REGION": ("aws_region", str),
+    "FALLBACK_AWS_ENDPOINT_URL": ("aws_endpoint_url", _endpoint),
+    "FALLBACK_MNS_MODE": ("mns_mode", _choice("alicom", "own")),
+    "FALLBACK_MNS_ENDPOINT": ("mns_endpoint", _endpoint),
+    "FALLBACK_MNS_CHATAPP_QUEUE": ("mns_chatapp_queue", _mns_queue_name),
+    "FALLBACK_MNS_SMS_QUEUE": ("mns_sms_queue", _mns_queue_name),
+    "FALLBACK_MNS_ACCESS_KEY_ID": ("mns_access_key_id", str),
+    "FALLBACK_MNS_ACCESS_KEY_SECRET": ("mns_access_key_secret", Secret),
+    "FALLBACK_DYBASEAPI_ENDPOINT": ("dybaseapi_endpoint", _endpoint),
+    "FALLBACK_DYBASEAPI_VERSION": ("dybaseapi_version", _choice("2017-05-25", "2018-05-01")),
+    "FALLBACK_MNS_POLLERS": ("mns_pollers", _int(1, 64)),
+    "FALLBACK_MNS_WAIT_S": ("mns_wait_s", _int(0, 30)),
+    "FALLBACK_MNS_BATCH": ("mns_batch", _int(1, 16)),
     # --- SMS providers and routing ---
+    "FALLBACK_SMS_PROVIDER": ("sms_provider", _choice(*SMS_PROVIDERS)),
+    "FALLBACK_SMS_ROUTES": ("sms_routes", _sms_routes),
+    "FALLBACK_SMS_SIGN_NAME": ("sms_sign_name", str),
+    "FALLBACK_SMS_TEMPLATE_CODE": ("sms_template_code", str),
+    "FALLBACK_SMS_TEMPLATE_PARAM": ("sms_template_param", _template_param_map),
+    "FALLBACK_SMS_DOMESTIC_ENDPOINT": ("sms_domestic_endpoint", _endpoint),
+    "FALLBACK_SNS_SENDER_ID": ("sns_sender_id", _sender_id),
+    "FALLBACK_SNS_SMS_TYPE": ("sns_sms_type", _choice("Transactional", "Promotional")),
 }
 
 

@@ -8,6 +8,7 @@ after its visibility timeout, and the receipt dedupe makes the redelivery harmle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -54,7 +55,7 @@ class QueueConsumer:
         failures = 0
         while not stop.is_set():
             try:
-                await self.poll_once()
+                await self.poll_once(stop)
                 failures = 0
             except (errors.TransientError, errors.StoreError, errors.PermanentError) as exc:
                 failures += 1
@@ -64,9 +65,23 @@ class QueueConsumer:
                 except TimeoutError:
                     pass
 
-    async def poll_once(self) -> service.IngestResult | None:
-        """Receive one batch, commit it, then delete it. Returns None when the queue was empty."""
-        messages = await self.queue.receive(max_messages=self.batch, wait_s=self.wait_s)
+    async def poll_once(self, stop: asyncio.Event | None = None) -> service.IngestResult | None:
+        """Receive one batch, commit it, then delete it. Returns None when the queue was empty.
+
+        A stop request cancels a long poll in progress (nothing was received, nothing is lost) but never
+        the commit-then-delete that follows a receive.
+        """
+        receive = asyncio.ensure_future(self.queue.receive(max_messages=self.batch, wait_s=self.wait_s))
+        if stop is not None:
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([receive, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not receive.done():
+                receive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receive
+                return None
+        messages = await receive
         if not messages:
             return None
         chat, sms, dead = parse_batch(self.queue.kind, messages)

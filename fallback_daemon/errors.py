@@ -8,7 +8,8 @@ FallbackDaemonError
 │   ├── TransientError          retry with backoff (throttling, 5xx, connect errors)
 │   ├── PermanentError          never retry (InvalidParameter.*, Authentication.*, template errors)
 │   └── AmbiguousError          the request may have reached the provider: never resent silently
-└── NotFound                    an id that does not exist
+├── NotFound                    an id that does not exist
+└── Conflict                    the object's state does not allow the request (409)
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class StoreError(FallbackDaemonError):
 
 class NotFound(FallbackDaemonError):
     """No such object."""
+
+
+class Conflict(FallbackDaemonError):
+    """The object's current state does not allow this request."""
 
 
 class ProviderError(FallbackDaemonError):

@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from fallback_daemon import errors, metrics, policy, ports, ratelimit, service
-from fallback_daemon.providers import acs
+from fallback_daemon.providers import acs, sms_routing
 
 log = structlog.get_logger("fallback_daemon.loops")
 
@@ -132,7 +132,7 @@ class Pool:
 
 
 class SenderLoop:
-    """Claims accepted messages as rate tokens allow and calls SendChatappMessage for each."""
+    """Claims accepted messages, reserves a paced send slot for each, and calls SendChatappMessage in it."""
 
     def __init__(
         self,
@@ -174,23 +174,33 @@ class SenderLoop:
                 await wait_any(stop, self.wake, self.poll_s)
 
     async def _claim_once(self) -> int:
-        room = self.pool.size - self.pool.busy
-        if room <= 0:
+        free = self.pool.size - self.pool.busy
+        if free <= 0:
             await self.pool.wait_free()
             return 1
-        granted = await self.limiter.acquire(room)
-        if granted == 0:
+        room = min(free, self.limiter.room())
+        if room <= 0:  # slots booked up to the horizon: claim more when they draw near
             await asyncio.sleep(self.limiter.wait_hint())
             return 1
-        rows = await self.svc.claim_sends(granted, self.lease_s)
-        if len(rows) < granted:
-            await self.limiter.refund(granted - len(rows))
-        for row in rows:
-            await self.pool.submit(lambda row=row: self._send(row))
+        # Claim first, then reserve exactly one slot per claimed row: no slot is ever reserved and wasted.
+        rows = await self.svc.claim_sends(room, self.lease_s)
+        if not rows:
+            return 0
+        try:
+            slots = await self.limiter.reserve(len(rows))
+        except errors.StoreError:
+            # Claimed but never sent: hand them back rather than let the lease call their outcome unknown.
+            for row in rows:
+                with contextlib.suppress(errors.StoreError):
+                    await self.svc.retry_send(row["id"], 0.0, "rate limiter unavailable")
+            raise
+        for row, slot in zip(rows, slots, strict=True):
+            await self.pool.submit(lambda row=row, slot=slot: self._send(row, slot))
         return len(rows)
 
-    async def _send(self, row: asyncpg.Record) -> None:
+    async def _send(self, row: asyncpg.Record, slot: float) -> None:
         mid: uuid.UUID = row["id"]
+        await self.limiter.wait(slot)
         started = time.perf_counter()
         try:
             pid = await self.chat.send(task_id=str(mid), params=row["params"])
@@ -286,10 +296,13 @@ class TimerLoop:
     async def _send_sms(self, row: asyncpg.Record) -> None:
         mid: uuid.UUID = row["id"]
         text = row["sms_text"] or ""
+        # A router picks the provider per To prefix / channel; the event then names the provider that sent it.
+        gateway = (self.sms.pick(to=row["to_number"], channel=row["channel"] or "")
+                   if isinstance(self.sms, sms_routing.SmsRouter) else self.sms)
         for attempt in range(1, self.sms_max_attempts + 1):
             started = time.perf_counter()
             try:
-                sms_id = await self.sms.send(fallback_id=str(mid), to=row["to_number"], text=text,
+                sms_id = await gateway.send(fallback_id=str(mid), to=row["to_number"], text=text,
                                              template_params=template_params(row))
             except errors.TransientError as exc:
                 metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
@@ -316,7 +329,7 @@ class TimerLoop:
                 metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
                 metrics.fallback_sms.labels("sent").inc()
                 self.writer.put(service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id=sms_id,
-                                                detail={"sms_id": sms_id, "provider": self.sms.name}))
+                                                detail={"sms_id": sms_id, "provider": gateway.name}))
                 return
 
 

@@ -37,3 +37,9 @@ messages_by_state = Gauge("fallback_messages", "Messages by chat and fallback st
 feed_silent = Gauge("fallback_feed_silent_seconds", "Seconds since the last receipt, per channel", ["channel"])
 feed_gate = Gauge("fallback_feed_gate_closed", "1 while the receipt-feed health gate holds timer fallbacks",
                   ["channel"])
+# MNS receipt queues (providers/mns.py, providers/dybaseapi.py)
+mns_requests = Counter("fallback_mns_requests_total", "MNS requests by operation and HTTP status (or error)",
+                       ["op", "status"])
+mns_token_refreshes = Counter("fallback_mns_token_refreshes_total",
+                              "QueryTokenForMnsQueue calls, by queue and why (initial, expiring, refused)",
+                              ["queue", "reason"])

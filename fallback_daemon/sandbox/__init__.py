@@ -1,5 +1,6 @@
 """A protocol-faithful local stand-in for Alibaba Cloud: CAMS SendChatappMessage, Dysmsapi SendMessageToGlobe
-and SendSms with ACS3 signature checks and the QPS cap, plus the "world" that pushes receipts back.
+and SendSms with ACS3 signature checks and the QPS cap, MNS queues with Dybaseapi QueryTokenForMnsQueue, plus
+the "world" that pushes receipts back (HTTP callbacks, MNS messages, or both).
 
 Public surface: `SandboxConfig`, `create_app`, `serve` -> `Sandbox`, `run_forever`.
 """

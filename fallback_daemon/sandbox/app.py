@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
-from fallback_daemon.sandbox import auth, cams, replies, sms
+from fallback_daemon.sandbox import auth, cams, dybaseapi, mns, replies, sms
 from fallback_daemon.sandbox import config as config_mod
 from fallback_daemon.sandbox import state as state_mod
 
@@ -38,7 +38,12 @@ FORM = "application/x-www-form-urlencoded"
 
 
 async def acs_entry(request: web.Request) -> web.Response:
-    """POST /: an Alibaba RPC call in ACS3 style, dispatched on x-acs-action / x-acs-version."""
+    """POST /: an Alibaba RPC call in ACS3 style, dispatched on x-acs-action / x-acs-version.
+
+    A call without x-acs-action is RPC style with signature V1 (Dybaseapi QueryTokenForMnsQueue).
+    """
+    if "x-acs-action" not in request.headers:
+        return await dybaseapi.rpc_entry(request)
     state = request.app[state_mod.STATE]
     stats = state.journal.stats
     name = request.headers.get("x-acs-action", "")
@@ -95,6 +100,11 @@ async def stats_view(request: web.Request) -> web.Response:
     return web.json_response(request.app[state_mod.STATE].journal.stats.to_json())
 
 
+async def rates_view(request: web.Request) -> web.Response:
+    """GET /sandbox/rates: CAMS calls admitted and throttled per second, and the fullest sliding second."""
+    return web.json_response(request.app[state_mod.STATE].limiter.rates.to_json())
+
+
 async def release_late(request: web.Request) -> web.Response:
     """POST /sandbox/release-late: push every withheld `late` Delivered receipt now."""
     return web.json_response({"released": request.app[state_mod.STATE].producer.release_late()})
@@ -103,6 +113,7 @@ async def release_late(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     """POST /sandbox/reset: clear the journal and counters (receipts already in flight still go out)."""
     request.app[state_mod.STATE].journal.reset()
+    request.app[state_mod.STATE].limiter.rates.reset()
     return web.json_response({"reset": True})
 
 
@@ -137,10 +148,12 @@ def create_app(config: config_mod.SandboxConfig) -> web.Application:
     app.router.add_post("/", acs_entry)
     app.router.add_get("/sandbox/journal", journal_view)
     app.router.add_get("/sandbox/stats", stats_view)
+    app.router.add_get("/sandbox/rates", rates_view)
     app.router.add_post("/sandbox/release-late", release_late)
     app.router.add_post("/sandbox/reset", reset)
     app.router.add_get("/sandbox/callbacks", callbacks_view)
     app.router.add_post("/sandbox/callbacks", callbacks_view)
+    mns.add_routes(app)
     return app
 
 
@@ -173,6 +186,20 @@ class Sandbox:
 
     def release_late(self) -> int:
         return self.state.producer.release_late()
+
+    def set_receipt_delivery(self, mode: str) -> None:
+        """Deliver reports over `http`, `mns` or `both` from now on."""
+        if mode not in config_mod.DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {config_mod.DELIVERY_MODES}")
+        self.state.delivery = mode
+
+    def stall_deletes(self, count: int) -> None:
+        """Hold the next `count` MNS delete requests unanswered (the deletes are never applied)."""
+        self.state.stall_deletes = count
+
+    def expire_tokens(self) -> int:
+        """Expire every MNS token issued so far; returns how many were still valid."""
+        return self.state.tokens.expire_all()
 
     def journal(self) -> dict[str, Any]:
         return self.state.journal.to_json()

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 # response is returned.
 OUTCOMES = ("read", "delivered", "failed", "silent", "late", "rejected", "early")
 
+DELIVERY_MODES = ("http", "mns", "both")
+
 DEFAULT_WEIGHTS: Mapping[str, int] = types.MappingProxyType(
     {"read": 45, "delivered": 20, "failed": 10, "silent": 10, "late": 5, "rejected": 5, "early": 5}
 )
@@ -46,6 +48,14 @@ class SandboxConfig:
         push_timeout_s: timeout of one push.
         max_skew_s: allowed difference between x-acs-date and the sandbox clock.
         journal_limit: most entries kept per journal section (oldest dropped first).
+        receipt_delivery: `http` (push to the callback URLs), `mns` (one base64-JSON message per report in
+            the MNS queues below) or `both` (each report over both: duplicates on purpose).
+        mns_uid: the account id in the Alicom queue names `Alicom-Queue-<uid>-ChatAppStatus` / `-SmsReport`.
+        mns_chatapp_queue / mns_sms_queue: where reports go in MNS (default: the Alicom names). A name that
+            does not start with `Alicom-Queue-` is an "own" queue: the static AccessKey may use it.
+        mns_extra_queues: more (own) queues to create.
+        mns_visibility_timeout_s: how long a received message stays invisible (redelivered afterwards).
+        mns_token_ttl_s: lifetime of the temporary credentials QueryTokenForMnsQueue issues.
         clock: monotonic clock used by the QPS limiter (tests may freeze it).
     """
 
@@ -71,6 +81,13 @@ class SandboxConfig:
     push_timeout_s: float = 3.0
     max_skew_s: int = 900
     journal_limit: int = 100_000
+    receipt_delivery: str = "http"
+    mns_uid: str = "1234567890"
+    mns_chatapp_queue: str | None = None
+    mns_sms_queue: str | None = None
+    mns_extra_queues: tuple[str, ...] = ()
+    mns_visibility_timeout_s: int = 30
+    mns_token_ttl_s: int = 600
     clock: Callable[[], float] = dataclasses.field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +96,7 @@ class SandboxConfig:
             raise ValueError("invalid SandboxConfig: " + "; ".join(problems))
         object.__setattr__(self, "weights", types.MappingProxyType(dict(self.weights)))
         object.__setattr__(self, "receipt_delay_ms", tuple(self.receipt_delay_ms))
+        object.__setattr__(self, "mns_extra_queues", tuple(self.mns_extra_queues))
 
     def _problems(self) -> list[str]:
         out: list[str] = []
@@ -103,7 +121,25 @@ class SandboxConfig:
             out.append("batch_size must be within 1..1000")
         if self.push_retries < 0 or self.flush_ms < 0 or self.push_backoff_s < 0:
             out.append("push_retries, flush_ms and push_backoff_s must be >= 0")
+        return out + self._mns_problems()
+
+    def _mns_problems(self) -> list[str]:
+        out: list[str] = []
+        if self.receipt_delivery not in DELIVERY_MODES:
+            out.append(f"receipt_delivery must be one of {', '.join(DELIVERY_MODES)}")
+        if not 1 <= self.mns_visibility_timeout_s <= 43200:
+            out.append("mns_visibility_timeout_s must be within 1..43200")
+        if self.mns_token_ttl_s < 1:
+            out.append("mns_token_ttl_s must be >= 1")
         return out
+
+    @property
+    def chatapp_queue(self) -> str:
+        return self.mns_chatapp_queue or f"Alicom-Queue-{self.mns_uid}-ChatAppStatus"
+
+    @property
+    def sms_queue(self) -> str:
+        return self.mns_sms_queue or f"Alicom-Queue-{self.mns_uid}-SmsReport"
 
 
 @dataclasses.dataclass(kw_only=True)

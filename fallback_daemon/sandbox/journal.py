@@ -89,6 +89,17 @@ class Stats:
     push_failures: int = 0  # tries that did not get HTTP 200
     late_withheld: int = 0
     late_released: int = 0
+    # MNS (sandbox/mns.py, sandbox/mnsqueue.py, sandbox/dybaseapi.py)
+    mns_enqueued: int = 0  # messages put into a queue (reports and SendMessage)
+    mns_received: int = 0  # deliveries handed out by receives (redeliveries included)
+    mns_redelivered: int = 0  # deliveries with DequeueCount > 1
+    mns_deleted: int = 0
+    mns_delete_errors: int = 0  # handles that were no longer valid
+    mns_deletes_stalled: int = 0  # delete requests held unanswered by the stall knob (total)
+    mns_deletes_pending: int = 0  # ... of which still held now
+    mns_auth_failures: int = 0  # MNS requests refused by signature, key, date or token checks
+    mns_token_denials: int = 0  # ... of which: an expired or revoked security token
+    mns_tokens_issued: int = 0  # QueryTokenForMnsQueue answers
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -1,5 +1,6 @@
 """HTTP pushes of reports to one callback URL: batching (up to `batch_size`, flushed every `flush_ms`),
 retries of pushes that did not get HTTP 200, and the outcome of every report recorded in its ReportLog.
+Depending on the receipt delivery mode a report goes to an MNS queue instead of (or as well as) HTTP.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ class Pusher:
         url: Callable[[], str | None],
         config: config_mod.SandboxConfig,
         journal: journal_mod.Journal,
+        mns: Callable[[Item], None] | None = None,
+        delivery: Callable[[], str] = lambda: "http",
     ) -> None:
         self.name = name
         self._url = url
+        self._mns = mns  # puts one report into this stream's MNS queue
+        self._delivery = delivery  # "http" | "mns" | "both", read for every report
         self._config = config
         self._journal = journal
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
@@ -65,11 +70,24 @@ class Pusher:
         self._loop_task = None
 
     def enqueue(self, item: Item) -> None:
+        if self._to_mns(items=[item]):
+            return
         self._queue.put_nowait(item)
 
     async def push_now(self, items: list[Item]) -> bool:
         """Push these reports now, outside batching, and wait for the outcome (used for early receipts)."""
+        if self._to_mns(items=items):
+            return True
         return await self._deliver(items)
+
+    def _to_mns(self, *, items: list[Item]) -> bool:
+        """Put the reports into MNS when the delivery mode says so; True when HTTP is not wanted too."""
+        mode = self._delivery()
+        if mode == "http" or self._mns is None:
+            return False
+        for item in items:
+            self._mns(item)
+        return mode == "mns"
 
     async def _run(self) -> None:
         while True:

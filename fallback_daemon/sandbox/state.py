@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fallback_daemon.sandbox import auth, journal, pusher, receipts, replies, world
+from fallback_daemon.sandbox import auth, journal, mnsauth, mnsqueue, pusher, rates, receipts, replies, world
 from fallback_daemon.sandbox import config as config_mod
 
 
@@ -17,18 +17,36 @@ class SandboxState:
         self.verifier = auth.Verifier(
             keys={config.access_key_id: config.access_key_secret}, max_skew_s=config.max_skew_s
         )
-        self.limiter = auth.RateLimiter(qps=config.qps, clock=config.clock)
+        # Every admit/throttle decision is also counted per second (GET /sandbox/rates).
+        qps = auth.RateLimiter(qps=config.qps, clock=config.clock)
+        self.limiter = rates.CountingLimiter(qps, config.clock)
         self.world = world.World(config)
         self.journal = journal.Journal(limit=config.journal_limit)
         self.ids = replies.Ids()
+        # MNS: queues, temporary credentials, receipt delivery mode and the delete-stall knob.
+        self.delivery = config.receipt_delivery
+        self.mns = mnsqueue.Broker(
+            [config.chatapp_queue, config.sms_queue, *config.mns_extra_queues],
+            visibility_timeout_s=config.mns_visibility_timeout_s, stats=lambda: self.journal.stats,
+        )
+        self.tokens = mnsauth.Tokens(ttl_s=config.mns_token_ttl_s)
+        self.mns_verifier = mnsauth.Verifier(
+            access_key_id=config.access_key_id, access_key_secret=config.access_key_secret,
+            tokens=self.tokens, max_skew_s=config.max_skew_s,
+        )
+        self.rpc_nonces = mnsauth.Nonces()
+        self.stall_deletes = 0  # the next N delete requests are held unanswered (test knob)
         self.chat_pusher = pusher.Pusher(
-            name="chatapp", url=lambda: self.callbacks.chatapp, config=config, journal=self.journal
+            name="chatapp", url=lambda: self.callbacks.chatapp, config=config, journal=self.journal,
+            mns=self.mns.feed(config.chatapp_queue), delivery=lambda: self.delivery,
         )
         self.sms_pusher = pusher.Pusher(
-            name="sms", url=lambda: self.callbacks.sms, config=config, journal=self.journal
+            name="sms", url=lambda: self.callbacks.sms, config=config, journal=self.journal,
+            mns=self.mns.feed(config.sms_queue), delivery=lambda: self.delivery,
         )
         self.sms_domestic_pusher = pusher.Pusher(
-            name="sms_domestic", url=self.callbacks.domestic_url, config=config, journal=self.journal
+            name="sms_domestic", url=self.callbacks.domestic_url, config=config, journal=self.journal,
+            mns=self.mns.feed(config.sms_queue), delivery=lambda: self.delivery,
         )
         self.producer = receipts.Producer(
             config=config,

@@ -9,7 +9,7 @@ import prometheus_client
 from aiohttp import web
 
 from fallback_daemon import config, errors, health, service
-from fallback_daemon.web import api, keys, receipts
+from fallback_daemon.web import api, keys, operator, receipts, ui
 
 
 @web.middleware
@@ -21,6 +21,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return json_error(400, exc.problem, field=exc.field)
     except errors.NotFound as exc:
         return json_error(404, str(exc))
+    except errors.Conflict as exc:
+        return json_error(409, str(exc))
     except errors.StoreError:
         # Not acknowledged: a provider retries its receipt push; a client retries its send.
         return json_error(503, "database unavailable, retry later")
@@ -46,6 +48,8 @@ def create_app(settings: config.Settings, svc: service.Service) -> web.Applicati
     app[keys.READY] = {"ready": False}
     api.setup(app)
     receipts.setup(app)
+    operator.setup(app)  # operator API (/v1 search, stats, actions, OpenAPI)
+    ui.setup(app)  # operator page (/ui)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import uuid
@@ -13,6 +14,7 @@ from fallback_daemon import errors, validation
 from fallback_daemon.web import keys
 
 MAX_KEY = 255
+UI_COOKIE = "fallback_ui"  # set by /ui/login (web/ui.py)
 
 
 def setup(app: web.Application) -> None:
@@ -21,10 +23,19 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/messages/{id}", get_message)
 
 
+def ui_session(api_token: str) -> str:
+    """The /ui cookie value: derived from the API token, so the browser never stores the token itself."""
+    return hmac.new(api_token.encode(), b"fallback-daemon-ui-v1", hashlib.sha256).hexdigest()
+
+
 def check_bearer(request: web.Request) -> None:
+    """The bearer token; on GET/HEAD the /ui session cookie counts too (read-only: actions need the token)."""
     expected = request.app[keys.SETTINGS].api_token.reveal()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    if not header and request.method in ("GET", "HEAD") and expected and UI_COOKIE in request.cookies:
+        scheme, token = "bearer", request.cookies[UI_COOKIE]
+        expected = ui_session(expected)
     if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
         raise web.HTTPUnauthorized(
             text=json.dumps({"error": {"message": "missing or wrong bearer token"}}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,21 +15,32 @@ from fallback_daemon import app, config
 TOKEN = "test-api-token-0123456789"
 
 
-@pytest.fixture
-async def daemon(db_dsn: str) -> AsyncIterator[app.Running]:
+@contextlib.asynccontextmanager
+async def running_daemon(db_dsn: str, sandbox_config: object | None = None, **env: str) -> AsyncIterator[app.Running]:
+    """The whole daemon in-process (sandbox included), on a free port, stopped on exit."""
     settings = config.load(
         {"DATABASE_URL": db_dsn, "FALLBACK_HTTP_PORT": "0", "FALLBACK_API_TOKEN": TOKEN,
-         "FALLBACK_RECEIPT_TOKEN": "receipt-token-0123456789", "FALLBACK_LOG_LEVEL": "warning"}
+         "FALLBACK_RECEIPT_TOKEN": "receipt-token-0123456789", "FALLBACK_LOG_LEVEL": "warning", **env}
     )
     stop = asyncio.Event()
     started: asyncio.Future[app.Running] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(app.serve(settings, use_sandbox=True, started=started, stop=stop))
+    task = asyncio.create_task(
+        app.serve(settings, use_sandbox=True, started=started, stop=stop, sandbox_config=sandbox_config)
+    )
     await asyncio.wait([started, task], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()
-    yield started.result()
-    stop.set()
-    await task
+    try:
+        yield started.result()
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def daemon(db_dsn: str) -> AsyncIterator[app.Running]:
+    async with running_daemon(db_dsn) as running:
+        yield running
 
 
 @pytest.fixture
@@ -171,3 +183,20 @@ async def test_metrics_endpoint(daemon: app.Running, http: aiohttp.ClientSession
                  "fallback_provider_latency_seconds_bucket", "fallback_held"):
         assert name in text
     assert 'fallback_sends_total{outcome="ok"}' in text
+
+
+async def test_throttled_sends_are_retried_until_sent(db_dsn: str, http: aiohttp.ClientSession) -> None:
+    """Against a sandbox capped at 5 calls/s and a daemon allowed 50/s, throttled sends back off and all go out."""
+    from fallback_daemon import metrics, sandbox
+
+    before = metrics.throttled.labels("cams")._value.get()
+    async with running_daemon(db_dsn, sandbox.SandboxConfig(qps=5), FALLBACK_SEND_RATE="50",
+                              FALLBACK_SEND_BURST="10", FALLBACK_SEND_MAX_ATTEMPTS="50") as d:
+        bodies = {"messages": [{**BODY, "To": f"659123{i:03d}0"} for i in range(30)]}
+        async with http.post(f"{d.url}/v1/messages/batch", json=bodies) as resp:
+            ids = [m["id"] for m in (await resp.json())["messages"]]
+        for mid in ids:
+            await wait_for(http, f"{d.url}/v1/messages/{mid}", lambda v: v["chat_state"] == "read", attempts=600)
+        retried = await d.svc.db.fetchval("SELECT count(*) FROM message_events WHERE kind = 'send_retry'")
+    assert retried > 0
+    assert metrics.throttled.labels("cams")._value.get() > before

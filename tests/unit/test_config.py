@@ -55,3 +55,41 @@ def test_secrets_never_in_repr() -> None:
 def test_missing_credentials_are_listed() -> None:
     """Without provider credentials the daemon knows exactly which variables are missing."""
     assert "ALIBABA_CLOUD_ACCESS_KEY_ID" in config.load({}).provider_credentials_missing
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("FALLBACK_MNS_MODE", "sts"),
+        ("FALLBACK_MNS_ENDPOINT", "ftp://mns"),
+        ("FALLBACK_MNS_CHATAPP_QUEUE", "1-starts-with-a-digit"),
+        ("FALLBACK_MNS_SMS_QUEUE", "has/slash"),
+        ("FALLBACK_DYBASEAPI_ENDPOINT", "ftp://dybaseapi"),
+        ("FALLBACK_DYBASEAPI_VERSION", "2020-01-01"),
+        ("FALLBACK_MNS_POLLERS", "0"),
+        ("FALLBACK_MNS_WAIT_S", "31"),
+        ("FALLBACK_MNS_BATCH", "17"),
+    ],
+)
+def test_bad_mns_value_names_the_variable(var: str, value: str) -> None:
+    """A bad MNS setting fails start-up with a ConfigError naming its variable."""
+    with pytest.raises(errors.ConfigError) as info:
+        config.load({var: value})
+    assert info.value.variable == var
+
+
+def test_mns_settings_defaults_and_secret() -> None:
+    """MNS is off without a queue name, defaults to Alicom mode, and its AccessKey secret stays hidden."""
+    s = config.load({})
+    assert (s.mns_chatapp_queue, s.mns_sms_queue, s.mns_mode) == ("", "", "alicom")
+    assert (s.mns_pollers, s.mns_wait_s, s.mns_batch) == (2, 10, 16)
+    assert s.dybaseapi_endpoint == "https://dybaseapi.aliyuncs.com"
+    s = config.load({
+        "FALLBACK_MNS_CHATAPP_QUEUE": "Alicom-Queue-1234567890-ChatAppStatus",
+        "FALLBACK_MNS_MODE": "own",
+        "FALLBACK_MNS_ENDPOINT": "http://127.0.0.1:9100/ignored-path",
+        "FALLBACK_MNS_ACCESS_KEY_SECRET": "mns-secret-value-42",
+    })
+    assert s.mns_endpoint == "http://127.0.0.1:9100"
+    assert "mns-secret-value-42" not in repr(s)
+    assert s.mns_access_key_secret.reveal() == "mns-secret-value-42"

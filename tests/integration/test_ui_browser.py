@@ -1,0 +1,232 @@
+"""The /ui page in a real headless Chromium, driven over the DevTools protocol (aiohttp's websocket client).
+
+Against a daemon with real traffic in it (the sandbox as Alibaba: To …0 read, …5 failed → SMS, …8 rejected →
+SMS, …6 silent), the test signs in through the login form, checks the live counts, the timer histogram and
+the receipt feeds, searches a phone number and reads its timeline, and saves tests/artifacts/ui.png.
+Chromium is Debian's `chromium` (`make test` installs it when missing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import pathlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from fallback_daemon import app
+from tests.e2e import procs
+from tests.integration import opsupport
+
+SCREENSHOT = procs.ARTIFACTS / "ui.png"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--window-size=1400,1600",
+)
+
+
+class Page:
+    """One page target over CDP: commands by id, events collected."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.errors: list[str] = []
+
+    async def reader(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            if "id" in data and data["id"] in self.pending:
+                self.pending.pop(data["id"]).set_result(data)
+            elif data.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(json.dumps(data["params"]["exceptionDetails"])[:500])
+            elif data.get("method") == "Log.entryAdded" and data["params"]["entry"]["level"] == "error":
+                entry = data["params"]["entry"]
+                self.errors.append(f"{entry['text']} {entry.get('url', '')}".strip())
+
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
+        mid = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[mid] = future
+        await self.ws.send_json({"id": mid, "method": method, "params": params})
+        answer = await asyncio.wait_for(future, 30)
+        if "error" in answer:
+            raise AssertionError(f"{method}: {answer['error']}")
+        return dict(answer["result"])
+
+    async def js(self, expression: str) -> Any:
+        result = await self.send(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def until(self, expression: str, attempts: int = 200) -> Any:
+        """Poll a JS expression until it is truthy (the page updates asynchronously); bounded."""
+        for _ in range(attempts):
+            try:
+                value = await self.js(expression)
+            except AssertionError:  # mid-navigation: the old document is gone, the new one not there yet
+                value = None
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        html = await self.js("document.body ? document.body.innerText.slice(0, 2000) : ''")
+        raise AssertionError(f"never true: {expression}\npage text:\n{html}")
+
+    async def table(self, selector: str) -> list[list[str]]:
+        return list(
+            await self.js(
+                f"[...document.querySelectorAll({json.dumps(selector + ' tbody tr')})]"
+                ".map(r => [...r.cells].map(c => c.textContent.trim()))"
+            )
+        )
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Page]:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.fail("Debian's chromium is not installed: `make test` installs it (apt-get install chromium)")
+    profile = pathlib.Path(tempfile.mkdtemp(prefix="fd-chromium-"))
+    procs.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = (procs.ARTIFACTS / "chromium.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        binary, *FLAGS, f"--user-data-dir={profile}", "about:blank", stdout=log, stderr=log
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(400):
+            if port_file.exists() and (text := await asyncio.to_thread(port_file.read_text)).strip():
+                break
+            if proc.returncode is not None:
+                raise AssertionError(
+                    f"chromium exited with {proc.returncode}; see tests/artifacts/chromium.log"
+                )
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("chromium never opened its DevTools port")
+        port = int(text.split()[0])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                targets = await resp.json()
+            target = next(t for t in targets if t["type"] == "page")
+            async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                page = Page(ws)
+                reader = asyncio.create_task(page.reader(), name="cdp-reader")
+                try:
+                    for domain in ("Page", "Runtime", "Log"):
+                        await page.send(f"{domain}.enable")
+                    await page.send(
+                        "Emulation.setDeviceMetricsOverride",
+                        width=1400,
+                        height=1600,
+                        deviceScaleFactor=1,
+                        mobile=False,
+                    )
+                    yield page
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        log.close()
+        await asyncio.to_thread(shutil.rmtree, profile, True)
+
+
+@pytest.fixture
+async def daemon(db_dsn: str) -> AsyncIterator[app.Running]:
+    async with opsupport.running_daemon(db_dsn) as running:
+        yield running
+
+
+async def test_ui_shows_counts_feeds_and_a_searched_timeline(daemon: app.Running) -> None:
+    """Signed in by the form, the page shows live counts, timers, feeds, and a searched message's timeline."""
+    async with opsupport.client() as http:
+        ids = await opsupport.seed_mixed(http, daemon.url)
+        armed = await opsupport.send(http, daemon.url, "6591234566")
+        cancelled = await opsupport.send(http, daemon.url, "6591234576")
+        for mid in (armed, cancelled):
+            await opsupport.wait_for(http, daemon.url, mid, lambda v: v["chat_state"] == "sent")
+        async with http.post(
+            f"{daemon.url}/v1/messages/{cancelled}/cancel",
+            json={"actor": "alice", "reason": "reached by phone"},
+        ) as resp:
+            assert resp.status == 200
+
+    async with chromium() as page:
+        await page.send("Page.navigate", url=f"{daemon.url}/ui")
+        await page.until("location.pathname === '/ui/login' && !!document.getElementById('token')")
+        await page.js(
+            f"document.getElementById('token').value = {json.dumps(opsupport.TOKEN)};"
+            "document.getElementById('login').submit(); true"
+        )
+        await page.until("location.pathname === '/ui' && document.body.dataset.statsLoaded === '1'")
+
+        chat = dict(await page.table("#chat-states"))
+        assert chat == {"failed": "1", "read": "1", "send_failed": "1", "sent": "2", "total": "5"}
+        fallback = dict(await page.table("#fallback-states"))
+        assert fallback == {"armed": "1", "cancelled": "2", "sms_delivered": "2"}
+        fired = dict(r[:2] for r in await page.table("#fallbacks"))
+        assert (fired["fired"], fired["by failed_receipt"], fired["by send_failed"]) == ("2", "1", "1")
+        histogram = await page.js(
+            "[...document.querySelectorAll('#histogram > span')].map(s => s.textContent)"
+        )
+        assert dict(zip(histogram[::2], histogram[1::2], strict=True))["<15m"] == "1"
+        feeds = await page.table("#feed-table")
+        assert feeds[0][:3] == ["http", "chatapp", "whatsapp"]
+
+        await page.js(
+            "document.getElementById('q').value = '+65 9123 4565';"
+            "document.getElementById('search-form').requestSubmit(); true"
+        )
+        await page.until(f"document.body.dataset.timeline === {json.dumps(ids['failed'])}")
+        events = await page.table("#events")
+        kinds = [e[1] for e in events]
+        assert {"accepted", "send_ok", "chat_receipt", "fallback_fired", "sms_receipt"} <= set(kinds)
+        fields = await page.js("document.getElementById('message-fields').innerText")
+        assert "failed_receipt" in fields
+        assert "sms_delivered" in fields
+
+        await page.js(f"location.hash = 'm={cancelled}'; true")
+        await page.until(f"document.body.dataset.timeline === {json.dumps(cancelled)}")
+        who = [e[4] for e in await page.table("#events") if e[1] == "operator_cancel"]
+        assert who == ["alice: reached by phone"]
+
+        await page.js(
+            f"document.getElementById('q').value = {json.dumps(ids['failed'])};"
+            "document.getElementById('search-form').requestSubmit(); true"
+        )
+        await page.until(f"document.body.dataset.timeline === {json.dumps(ids['failed'])}")
+        await page.until("document.querySelectorAll('#results tbody a').length === 1")
+        shot = await page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+        assert page.errors == [], page.errors
+    assert SCREENSHOT.stat().st_size > 10_000
