@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--only SCENARIO ...]`: run the benchmark scenarios, print the table, write JSON.
+"""`python -m bench [--quick] [--only SCENARIO ...]`: run the benchmark scenarios, print the table, write
+JSON.
 
 Embedded Postgres under .data/bench by default, DATABASE_URL when set (each scenario makes its own database
 on that server: the role needs CREATEDB). Results go to stdout and to bench/results/<time>.json.
@@ -41,10 +42,19 @@ DATA_DIR = harness.ROOT / ".data" / "bench"
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds each (CI smoke test)")
-    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), metavar="SCENARIO",
-                        help=f"run only these scenarios ({', '.join(SCENARIOS)})")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, a few seconds each (CI smoke test)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(SCENARIOS),
+        metavar="SCENARIO",
+        help=f"run only these scenarios ({', '.join(SCENARIOS)})",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=None, help="JSON report path")
+    parser.add_argument("--prefix", default="bench", help="name prefix of the databases made (and dropped)")
+    parser.add_argument("--keep", action="store_true", help="keep the scenario databases for inspection")
     return parser.parse_args(argv)
 
 
@@ -58,16 +68,24 @@ def machine(server_version: str) -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "cores": os.cpu_count(), "cpu": cpu, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(), "postgres": server_version, "platform": platform.platform(),
-        "commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "postgres": server_version,
+        "platform": platform.platform(),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain")),
     }
 
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=harness.ROOT, capture_output=True, text=True, timeout=10,
-                              check=False).stdout.strip()
+        done = subprocess.run(  # noqa: S603 (fixed arguments)
+            ["git", *args],  # noqa: S607 (git from PATH, as a developer runs it)
+            cwd=harness.ROOT, capture_output=True, text=True, timeout=10, check=False,
+        )
+        return done.stdout.strip()
     except OSError:
         return ""
 
@@ -95,14 +113,17 @@ def table(results: list[harness.Result]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     for r in results:
         notes = [f"{m.name}: {m.note}" for m in r.metrics if m.note]
-        lines.append(f"[{r.scenario}] {r.seconds:.0f} s, load {r.load_before} -> {r.load_after}"
-                     + ("; " + "; ".join(notes) if notes else ""))
+        lines.append(
+            f"[{r.scenario}] {r.seconds:.0f} s, load {r.load_before} -> {r.load_after}"
+            + ("; " + "; ".join(notes) if notes else "")
+        )
     return "\n".join(lines)
 
 
 async def main(args: argparse.Namespace) -> int:
     started = time.time()
-    dsn = os.environ.get("DATABASE_URL") or await embedded.start(DATA_DIR)
+    external = os.environ.get("DATABASE_URL")
+    dsn = external or await embedded.start(DATA_DIR)
     conn = await asyncpg.connect(dsn)
     try:
         version = await conn.fetchval("SHOW server_version")
@@ -110,10 +131,21 @@ async def main(args: argparse.Namespace) -> int:
         await conn.close()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or harness.RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
-    bench = harness.Bench(dsn, quick=args.quick, log_dir=harness.RESULTS / "logs" / stamp)
+    bench = harness.Bench(
+        dsn,
+        quick=args.quick,
+        log_dir=harness.RESULTS / "logs" / stamp,
+        pg_data=None if external else DATA_DIR / "pg",
+        prefix=args.prefix,
+    )
     report: dict[str, Any] = {
-        "command": " ".join(["python -m bench", *sys.argv[1:]]), "started": stamp, "quick": args.quick,
-        "machine": machine(version), "load_at_start": harness.load(), "scenarios": [], "errors": {},
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "started": stamp,
+        "quick": args.quick,
+        "machine": machine(version),
+        "load_at_start": harness.load(),
+        "scenarios": [],
+        "errors": {},
     }
     results: list[harness.Result] = []
     for name in args.only or list(SCENARIOS):
@@ -130,12 +162,16 @@ async def main(args: argparse.Namespace) -> int:
         results.append(result)
         report["scenarios"].append(result.to_json())
         print(table([result]), flush=True)
+    if not args.keep:
+        await bench.drop_databases()
     report["seconds"] = round(time.time() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     print()
-    print(f"python -m bench {' '.join(sys.argv[1:])}".rstrip() + f"  ({report['seconds']:.0f} s, "
-          f"{report['machine']['cores']} cores, {report['machine']['cpu']}, Postgres {version})")
+    print(
+        f"python -m bench {' '.join(sys.argv[1:])}".rstrip() + f"  ({report['seconds']:.0f} s, "
+        f"{report['machine']['cores']} cores, {report['machine']['cpu']}, Postgres {version})"
+    )
     print(table(results))
     print(f"report: {out}")
     return 1 if report["errors"] else 0

@@ -29,8 +29,8 @@ from fallback_daemon import migrate, sql
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 Q = sql.parse((pathlib.Path(__file__).parent / "queries.sql").read_text())
-API_TOKEN = "bench-api-token-0123456789"
-RECEIPT_TOKEN = "bench-receipt-token-0123456789"
+API_TOKEN = "bench-api-token-0123456789"  # noqa: S105 (a local benchmark's own token)
+RECEIPT_TOKEN = "bench-receipt-token-0123456789"  # noqa: S105 (likewise)
 SANDBOX_AK, SANDBOX_SK = "bench-access-key", "bench-access-secret-0123"
 
 
@@ -94,8 +94,12 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "scenario": self.scenario, "seconds": round(self.seconds, 1), "load_before": self.load_before,
-            "load_after": self.load_after, "metrics": [m.to_json() for m in self.metrics], "details": self.details,
+            "scenario": self.scenario,
+            "seconds": round(self.seconds, 1),
+            "load_before": self.load_before,
+            "load_after": self.load_after,
+            "metrics": [m.to_json() for m in self.metrics],
+            "details": self.details,
         }
 
 
@@ -127,17 +131,33 @@ class Proc:
 class Bench:
     """The run's context: the admin DSN, size mode, and helpers to make databases and start processes."""
 
-    def __init__(self, admin_dsn: str, *, quick: bool, log_dir: pathlib.Path) -> None:
+    def __init__(
+        self,
+        admin_dsn: str,
+        *,
+        quick: bool,
+        log_dir: pathlib.Path,
+        pg_data: pathlib.Path | None = None,
+        prefix: str = "bench",
+    ) -> None:
         self.admin_dsn = admin_dsn
+        self.prefix = prefix
+        self.databases: list[str] = []
         self.quick = quick
         self.log_dir = log_dir
+        self.pg_data = (
+            pg_data  # the embedded server's data folder (for its CPU and RSS); None with DATABASE_URL
+        )
+        self.shared: dict[str, float] = {}  # figures one scenario leaves for a later one to compare with
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
 
-    async def fresh_db(self, name: str) -> str:
-        """Drop and re-create database `name`, migrate it, and return its DSN."""
+    async def fresh_db(self, scenario: str) -> str:
+        """Drop and re-create the scenario's database (<prefix>_<scenario>), migrate it; returns its DSN."""
+        name = f"{self.prefix}_{scenario}"
+        self.databases.append(name)
         conn = await asyncpg.connect(self.admin_dsn)
         try:
             await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -148,20 +168,25 @@ class Bench:
         conn = await asyncpg.connect(dsn)
         try:
             await migrate.migrate(conn)
+            await conn.execute(Q["raw_table"])
         finally:
             await conn.close()
         return dsn
 
-    async def drop_db(self, name: str) -> None:
+    async def drop_databases(self) -> None:
+        """Drop every database this run made."""
         conn = await asyncpg.connect(self.admin_dsn)
         try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            for name in self.databases:
+                await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await conn.close()
 
     @contextlib.asynccontextmanager
-    async def process(self, name: str, args: list[str], env: Mapping[str, str], url: str) -> AsyncIterator[Proc]:
-        """Run `python -m fallback_daemon <args>` (output to the log folder); SIGTERM, then SIGKILL, on exit."""
+    async def process(
+        self, name: str, args: list[str], env: Mapping[str, str], url: str
+    ) -> AsyncIterator[Proc]:
+        """Run `python -m fallback_daemon <args>` (output in the log folder); SIGTERM at exit."""
         log = (self.log_dir / f"{name}.log").open("wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "fallback_daemon", *args, env=dict(env), stdout=log, stderr=log, cwd=ROOT
@@ -180,26 +205,52 @@ class Bench:
                     await proc.wait()
             log.close()
 
-    def sandbox(self, port: int, *, daemon_url: str | None, qps: int = 250, extra: Sequence[str] = ()
-                ) -> contextlib.AbstractAsyncContextManager[Proc]:
+    def sandbox(
+        self, port: int, *, daemon_url: str | None, qps: int = 250, extra: Sequence[str] = ()
+    ) -> contextlib.AbstractAsyncContextManager[Proc]:
         """The Alibaba sandbox as its own process; receipts go to `daemon_url` (None: nowhere)."""
-        args = ["sandbox", "--port", str(port), "--qps", str(qps), "--access-key-id", SANDBOX_AK,
-                "--access-key-secret", SANDBOX_SK, *extra]
+        args = [
+            "sandbox",
+            "--port",
+            str(port),
+            "--qps",
+            str(qps),
+            "--access-key-id",
+            SANDBOX_AK,
+            "--access-key-secret",
+            SANDBOX_SK,
+            *extra,
+        ]
         if daemon_url:
             receipts = f"{daemon_url}/receipts/{RECEIPT_TOKEN}"
             args += ["--chatapp-callback", f"{receipts}/chatapp", "--sms-callback", f"{receipts}/sms"]
         return self.process(f"sandbox-{port}", args, clean_env({}), f"http://127.0.0.1:{port}")
 
-    def daemon(self, dsn: str, port: int, sandbox_url: str, *, name: str = "daemon",
-               env: Mapping[str, str] | None = None) -> contextlib.AbstractAsyncContextManager[Proc]:
+    def daemon(
+        self,
+        dsn: str,
+        port: int,
+        sandbox_url: str,
+        *,
+        name: str = "daemon",
+        env: Mapping[str, str] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Proc]:
         """One daemon replica as its own process, talking to the sandbox, on database `dsn`."""
-        daemon_env = clean_env({
-            "DATABASE_URL": dsn, "FALLBACK_HTTP_PORT": str(port), "FALLBACK_API_TOKEN": API_TOKEN,
-            "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN, "ALIBABA_CLOUD_ACCESS_KEY_ID": SANDBOX_AK,
-            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SANDBOX_SK, "FALLBACK_CAMS_ENDPOINT": sandbox_url,
-            "FALLBACK_SMS_ENDPOINT": sandbox_url, "FALLBACK_SMS_FROM": "Bench", "FALLBACK_LOG_FORMAT": "json",
-            **(env or {}),
-        })
+        daemon_env = clean_env(
+            {
+                "DATABASE_URL": dsn,
+                "FALLBACK_HTTP_PORT": str(port),
+                "FALLBACK_API_TOKEN": API_TOKEN,
+                "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN,
+                "ALIBABA_CLOUD_ACCESS_KEY_ID": SANDBOX_AK,
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": SANDBOX_SK,
+                "FALLBACK_CAMS_ENDPOINT": sandbox_url,
+                "FALLBACK_SMS_ENDPOINT": sandbox_url,
+                "FALLBACK_SMS_FROM": "Bench",
+                "FALLBACK_LOG_FORMAT": "json",
+                **(env or {}),
+            }
+        )
         return self.process(name, ["run", "--no-migrate"], daemon_env, f"http://127.0.0.1:{port}")
 
 
@@ -224,7 +275,9 @@ async def wait_http(url: str, proc: asyncio.subprocess.Process, attempts: int = 
     raise RuntimeError(f"{url} never answered 200")
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float, every_s: float = 0.1) -> float:
+async def until(
+    check: Callable[[], Awaitable[bool]], what: str, timeout_s: float, every_s: float = 0.1
+) -> float:
     """Poll a cross-process condition until it holds; returns the time it took (raises after `timeout_s`)."""
     started = time.monotonic()
     while True:

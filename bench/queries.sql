@@ -91,3 +91,35 @@ INSERT INTO raw_messages SELECT * FROM messages;
 -- $1 from unix time, $2 to unix time: CAMS sends recorded per second (by sent_at).
 SELECT floor(extract(epoch FROM sent_at))::bigint AS s, count(*)::int AS n FROM messages
 WHERE sent_at >= to_timestamp($1::float8) AND sent_at < to_timestamp($2::float8) GROUP BY 1 ORDER BY 1;
+
+-- name: count_chat --
+-- $1 chat states text[]
+SELECT count(*) FROM messages WHERE chat_state = ANY($1::text[]);
+
+-- name: count_not_accepted --
+SELECT count(*) FROM messages WHERE chat_state <> 'accepted';
+
+-- name: now --
+SELECT now();
+
+-- name: drive_timers --
+-- Every armed timer falls due now (time driven through the database, as the end-to-end tests do).
+UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL;
+
+-- name: pending_fallbacks --
+-- $1 since timestamptz. Timers still armed and due, or fallbacks fired since $1 and not yet sent.
+SELECT count(*) FROM messages
+WHERE (fallback_state = 'armed' AND due_at IS NOT NULL AND due_at <= now())
+   OR (fallback_state = 'firing' AND fired_at > $1);
+
+-- name: seeded_lateness --
+-- Claim lateness (s) of the timers the harness seeded (sent rows that never had a provider MessageId).
+SELECT (e.detail->>'lateness_ms')::float8 / 1000 AS s FROM message_events e JOIN messages m ON m.id = e.message_id
+WHERE e.kind = 'fallback_fired' AND m.provider_message_id IS NULL AND m.chat_state = 'sent';
+
+-- name: count_applied_receipts --
+SELECT count(*) FROM receipts WHERE applied_at IS NOT NULL;
+
+-- name: sample_ids --
+-- Up to 500 message ids from a 1% sample (arguments for EXPLAIN of the by-id queries).
+SELECT id FROM messages TABLESAMPLE SYSTEM (1) LIMIT 500;

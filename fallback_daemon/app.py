@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from fallback_daemon import config, consumers, embedded, errors, health, loops, migrate, model, ratelimit, service, store, web as web_
+from fallback_daemon import config, consumers, embedded, errors, health, logs, loops, migrate, model, ratelimit, service, store, web as web_
 from fallback_daemon.providers import acs, aws, cams, dybaseapi, mns, sms_routing, sqs
 from fallback_daemon.web import keys
 
@@ -92,6 +92,7 @@ async def serve(
         if use_sandbox:
             settings, sb = await stack.enter_async_context(open_sandbox(settings, sandbox_config))
             sandbox_url = sb.url  # type: ignore[attr-defined]
+        logs.register_secrets(settings)  # final values (the sandbox may have generated tokens): scrubbed from logs
         dsn = await database_dsn(settings)
         db = await store.Store.connect(dsn, max_size=10)
         stack.push_async_callback(db.close)
@@ -191,6 +192,11 @@ async def serve(
                 tg.create_task(recovery.run(stop), name="recovery")
                 tg.create_task(gate.run(stop), name="feed-gate")
                 # --- retention (purge of finished rows): owned by the performance work ---
+                if settings.retention_days > 0:
+                    from fallback_daemon import retention  # only this block knows the module
+
+                    purge = retention.RetentionLoop(db, days=settings.retention_days, batch=settings.retention_batch)
+                    tg.create_task(purge.run(stop), name="retention")
                 # --- end retention ---
                 for consumer in queue_consumers:
                     tg.create_task(consumer.run(stop), name=f"consumer-{consumer.queue.name}")

@@ -108,6 +108,9 @@ class Settings:
     sms_domestic_endpoint: str = "https://dysmsapi.aliyuncs.com"
     sns_sender_id: str = ""
     sns_sms_type: str = "Transactional"
+    # --- retention (purge of finished rows) ---
+    retention_days: float = 30.0  # 0 disables
+    retention_batch: int = 1000  # rows per DELETE
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -309,6 +312,9 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "FALLBACK_SMS_DOMESTIC_ENDPOINT": ("sms_domestic_endpoint", _endpoint),
     "FALLBACK_SNS_SENDER_ID": ("sns_sender_id", _sender_id),
     "FALLBACK_SNS_SMS_TYPE": ("sns_sms_type", _choice("Transactional", "Promotional")),
+    # --- retention ---
+    "FALLBACK_RETENTION_DAYS": ("retention_days", _float(0, 36500)),
+    "FALLBACK_RETENTION_BATCH": ("retention_batch", _int(1, 100000)),
 }
 
 

@@ -34,27 +34,27 @@ _DIGITS = re.compile(r"\+?\d{6,}")  # inside a phone field: every long digit run
 # In free text: 8-15 digits standing alone (not part of an id, a uuid segment, a decimal or a word).
 _PHONE_IN_TEXT = re.compile(r"(?<![\w.\-*])\+?\d{8,15}(?![\w.\-*])")
 MASK = "***"
-_SHAPES = (
-    (re.compile(r"(://[^:/@\s]*):([^@/\s]+)@"), rf"\1:{MASK}@"),  # scheme://user:password@host
-    (re.compile(r"(/receipts/)[^/\s\"']+"), rf"\1{MASK}"),  # the receipt token in callback URLs
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), rf"\1{MASK}"),
-    (re.compile(r"(?i)([\w-]*(?:secret|password|passwd|token|signature))=([^&\s\"',;]+)"), rf"\1={MASK}"),
-)
+# Credential shapes, each with a cheap substring test first: these run on every string of every event, and a
+# plain `in` is far cheaper than a regex scan of text that cannot match.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):([^@/\s]+)@")  # scheme://user:password@host
+_RECEIPT_PATH = re.compile(r"(/receipts/)[^/\s\"']+")  # the receipt token in callback URLs
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+# key=value pairs: one token per match (the lookbehind pins the start), the key judged in _key_value().
+_KEY_VALUE = re.compile(r"(?<![\w-])([\w-]+)=([^&\s\"',;]+)")
+_SECRET_KEY_WORDS = ("secret", "password", "passwd", "token", "signature")
 MIN_SECRET_LEN = 8  # shorter values would blank ordinary words in every line
 MIN_PASSWORD_LEN = 12  # a DSN password on its own (the whole DSN is always scrubbed)
 
 
 class _Secrets:
-    """The registered secret values, longest first, matched by one compiled pattern."""
+    """The registered secret values, longest first (a value containing another is replaced whole)."""
 
     def __init__(self) -> None:
-        self.values: set[str] = set()
-        self.pattern: re.Pattern[str] | None = None
+        self.values: tuple[str, ...] = ()
 
     def add(self, values: Iterable[str]) -> None:
-        self.values |= {v for v in values if len(v) >= MIN_SECRET_LEN}
-        ordered = sorted(self.values, key=len, reverse=True)
-        self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        merged = set(self.values) | {v for v in values if len(v) >= MIN_SECRET_LEN}
+        self.values = tuple(sorted(merged, key=len, reverse=True))
 
 
 _secrets = _Secrets()
@@ -85,7 +85,9 @@ def mask_phone(value: str) -> str:
 def _mask(value: Any, pattern: re.Pattern[str] | None) -> Any:
     """Mask digit runs matching `pattern` in strings (None: leave strings); recurse into containers."""
     if isinstance(value, str):
-        return value if pattern is None else pattern.sub(lambda m: mask_phone(m.group()), value)
+        if pattern is None or len(value) < 6:  # both patterns need six digits at least
+            return value
+        return pattern.sub(lambda m: mask_phone(m.group()), value)
     if isinstance(value, dict):
         return {k: _mask(v, _pattern_for(k, pattern)) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -102,22 +104,44 @@ def _pattern_for(key: object, inherited: re.Pattern[str] | None) -> re.Pattern[s
     return inherited
 
 
+_SENSITIVE_KEYS = PHONE_KEYS | TEXT_KEYS
+_CONTAINERS = (dict, list, tuple)
+
+
 def mask_phones(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A processor: mask phone numbers in phone keys and in free-text keys, at any depth."""
-    for key in list(event.keys()):
-        pattern = _pattern_for(key, None)
-        value = event[key]
-        if pattern is not None or isinstance(value, dict | list | tuple):
-            event[key] = _mask(value, pattern)
+    """A processor: mask phone numbers in phone keys and in free-text keys, at any depth.
+
+    Runs on every event, so the top level is a set intersection (event keys are lower-case identifiers);
+    nested mappings (provider payloads: "To", "PhoneNumbers") are matched case-insensitively.
+    """
+    for key in _SENSITIVE_KEYS & event.keys():
+        event[key] = _mask(event[key], _pattern_for(key, None))
+    for key, value in event.items():
+        if isinstance(value, _CONTAINERS) and key not in _SENSITIVE_KEYS:
+            event[key] = _mask(value, None)
     return event
+
+
+def _key_value(match: re.Match[str]) -> str:
+    key = match.group(1)
+    return f"{key}={MASK}" if any(word in key.lower() for word in _SECRET_KEY_WORDS) else match.group(0)
 
 
 def scrub(text: str) -> str:
     """`text` with registered secret values and credential-shaped substrings replaced by ***."""
-    if _secrets.pattern is not None:
-        text = _secrets.pattern.sub(MASK, text)
-    for shape, replacement in _SHAPES:
-        text = shape.sub(replacement, text)
+    if len(text) < MIN_SECRET_LEN:  # most values ("Sent", "armed", "info"): nothing can hide in them
+        return text
+    for value in _secrets.values:
+        if value in text:
+            text = text.replace(value, MASK)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\1:{MASK}@", text)
+    if "/receipts/" in text:
+        text = _RECEIPT_PATH.sub(rf"\1{MASK}", text)
+    if "=" in text:
+        text = _KEY_VALUE.sub(_key_value, text)
+    if "earer" in text or "EARER" in text:
+        text = _BEARER.sub(rf"\1{MASK}", text)
     return text
 
 
@@ -134,7 +158,11 @@ def _scrub(value: Any) -> Any:
 def scrub_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A processor: no registered secret and no credential-shaped text survives in any field."""
     for key, value in event.items():
-        event[key] = _scrub(value)
+        if isinstance(value, str):
+            if len(value) >= MIN_SECRET_LEN:
+                event[key] = scrub(value)
+        elif isinstance(value, _CONTAINERS):
+            event[key] = _scrub(value)
     return event
 
 
@@ -150,13 +178,20 @@ def processors() -> list[Any]:
     ]
 
 
+class _StdlibHandler(logging.StreamHandler[IO[str]]):
+    """Routes the standard library's records (aiohttp, asyncpg, botocore) through the same processors."""
+
+
 def configure(
     *, fmt: str = "auto", level: str = "info", file: IO[str] | None = None, cache: bool = True
 ) -> None:
-    """Configure structlog for the process.
+    """Configure structlog, and the standard library's root logger, for the process.
+
+    Library warnings (aiohttp, asyncpg, botocore log through `logging`) become the same JSON lines, masked and
+    scrubbed like ours; `logging` stays at WARNING so libraries' chatter at lower levels does not flood.
 
     Args:
-        fmt: json, console, or auto (JSON unless stderr is a terminal).
+        fmt: json, console, or auto (JSON unless the output is a terminal).
         level: the lowest level written.
         file: where lines go (default: stderr).
         cache: cache loggers on first use (production); tests pass False so a later configure still applies.
@@ -170,3 +205,13 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=cache,
     )
+    handler = _StdlibHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(logging.WARNING, getattr(logging, level.upper())))

@@ -94,15 +94,18 @@ class Pool:
         self.size = size
         self._sem = asyncio.Semaphore(size)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0  # moves with the semaphore (a task's done-callback runs later than its release)
         self._name = name
 
     async def submit(self, coro_fn: Callable[[], Awaitable[None]]) -> None:
         await self._sem.acquire()
+        self._running += 1
 
         async def run() -> None:
             try:
                 await coro_fn()
             finally:
+                self._running -= 1
                 self._sem.release()
 
         task = asyncio.create_task(run(), name=f"{self._name}-call")
@@ -124,7 +127,9 @@ class Pool:
 
     @property
     def busy(self) -> int:
-        return len(self._tasks)
+        # Not len(self._tasks): a finished task leaves that set only in a later loop iteration, so a claim
+        # loop that saw "full" and awaited wait_free() (which then did not block) would spin without yielding.
+        return self._running
 
     async def wait_free(self) -> None:
         async with self._sem:
@@ -152,9 +157,11 @@ class SenderLoop:
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.wake = asyncio.Event()
+        self._stop = asyncio.Event()  # replaced by run()'s: sends still waiting for their slot give up on it
 
     async def run(self, stop: asyncio.Event, grace_s: float) -> None:
         writer_done = asyncio.Event()
+        self._stop = stop
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(writer_done), name="send-writer")
             try:
@@ -179,8 +186,9 @@ class SenderLoop:
             await self.pool.wait_free()
             return 1
         room = min(free, self.limiter.room())
-        if room <= 0:  # slots booked up to the horizon: claim more when they draw near
-            await asyncio.sleep(self.limiter.wait_hint())
+        if room <= 0:  # slots booked up to the horizon: claim more when they draw near (or stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.limiter.wait_hint())
             return 1
         # Claim first, then reserve exactly one slot per claimed row: no slot is ever reserved and wasted.
         rows = await self.svc.claim_sends(room, self.lease_s)
@@ -200,7 +208,16 @@ class SenderLoop:
 
     async def _send(self, row: asyncpg.Record, slot: float) -> None:
         mid: uuid.UUID = row["id"]
-        await self.limiter.wait(slot)
+        try:
+            kept = await self.limiter.wait(slot, self._stop)
+        except errors.StoreError as exc:  # a missed slot could not be replaced
+            kept, reason = None, f"rate limiter unavailable: {exc}"
+        else:
+            reason = "shutting down before its send slot"
+        if kept is None:  # never sent: hand the message back now instead of leaving it to the lease
+            with contextlib.suppress(errors.StoreError):
+                await self.svc.retry_send(mid, 0.0, reason)
+            return
         started = time.perf_counter()
         try:
             pid = await self.chat.send(task_id=str(mid), params=row["params"])
@@ -287,6 +304,9 @@ class TimerLoop:
             log.warning("fallback_held", message_id=str(row["id"]), reason=row["hold_reason"], channel=row["channel"])
             return
         metrics.fallbacks_fired.labels(row["fire_reason"] or "unknown").inc()
+        # The operator's "what happened to the message for +65…?" line; logs.mask_phones masks `to`.
+        log.info("fallback_firing", message_id=str(row["id"]), reason=row["fire_reason"], channel=row["channel"],
+                 to=row["to_number"])
         if row["lateness_s"] is not None and row["fire_reason"] == "timeout":
             metrics.timer_lateness.observe(max(0.0, row["lateness_s"]))
         if self.on_fired is not None:

