@@ -83,7 +83,11 @@ def _git(*args: str) -> str:
     try:
         done = subprocess.run(  # noqa: S603 (fixed arguments)
             ["git", *args],  # noqa: S607 (git from PATH, as a developer runs it)
-            cwd=harness.ROOT, capture_output=True, text=True, timeout=10, check=False,
+            cwd=harness.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
         return done.stdout.strip()
     except OSError:

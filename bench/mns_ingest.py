@@ -58,10 +58,24 @@ async def sandbox_process() -> AsyncIterator[str]:
     log.mkdir(parents=True, exist_ok=True)
     out = (log / "mns-ingest-sandbox.log").open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FALLBACK_", "ALIBABA_CLOUD_"))}
-    args = ["sandbox", "--port", str(port), "--receipt-delivery", "mns", "--mns-uid", UID,
-            "--access-key-id", AK, "--access-key-secret", SK, "--mns-visibility-timeout-s", "60"]
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "fallback_daemon", *args, env=env,
-                                                stdout=out, stderr=out, cwd=ROOT)
+    args = [
+        "sandbox",
+        "--port",
+        str(port),
+        "--receipt-delivery",
+        "mns",
+        "--mns-uid",
+        UID,
+        "--access-key-id",
+        AK,
+        "--access-key-secret",
+        SK,
+        "--mns-visibility-timeout-s",
+        "60",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fallback_daemon", *args, env=env, stdout=out, stderr=out, cwd=ROOT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -103,10 +117,21 @@ async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
 async def accept(svc: service.Service, n: int) -> list[uuid.UUID]:
     ids: list[uuid.UUID] = []
     for start in range(0, n, 1000):
-        reqs = [validation.validate_send({
-            "ChannelType": "whatsapp", "Type": "template", "TemplateCode": "t", "Language": "en",
-            "From": "6580000000", "To": f"65{i:08d}", "FallBackContent": "sms", "FallBackDuration": 600,
-        }) for i in range(start, min(n, start + 1000))]
+        reqs = [
+            validation.validate_send(
+                {
+                    "ChannelType": "whatsapp",
+                    "Type": "template",
+                    "TemplateCode": "t",
+                    "Language": "en",
+                    "From": "6580000000",
+                    "To": f"65{i:08d}",
+                    "FallBackContent": "sms",
+                    "FallBackDuration": 600,
+                }
+            )
+            for i in range(start, min(n, start + 1000))
+        ]
         ids += [a.id for a in await svc.accept(reqs, [None] * len(reqs))]
     await svc.db.execute("ANALYZE")
     return ids
@@ -114,26 +139,40 @@ async def accept(svc: service.Service, n: int) -> list[uuid.UUID]:
 
 async def fill(queue_url: str, session: aiohttp.ClientSession, ids: list[uuid.UUID]) -> None:
     """BatchSendMessage (16 per request) with the queue's temporary credentials, 8 requests in flight."""
-    client = dybaseapi.DybaseapiClient(session, endpoint=queue_url, access_key_id=AK,
-                                       access_key_secret=config.Secret(SK))
+    client = dybaseapi.DybaseapiClient(
+        session, endpoint=queue_url, access_key_id=AK, access_key_secret=config.Secret(SK)
+    )
     creds = dybaseapi.TokenCredentials(client, queue_name=QUEUE, message_type="ChatAppStatus")
     path = f"/queues/{QUEUE}/messages"
 
     async def send(chunk: list[uuid.UUID]) -> None:
         now_ms = int(time.time() * 1000)
-        reports = [{"MessageId": f"pid-{mid.hex}", "TaskId": str(mid), "Status": "Delivered",
-                    "From": "6580000001", "To": "6500000000", "Timestamp": now_ms, "MsgFrameType": "template"}
-                   for mid in chunk]
-        items = "".join(f"<Message><MessageBody>{base64.b64encode(json.dumps(r).encode()).decode()}"
-                        "</MessageBody></Message>" for r in reports)
+        reports = [
+            {
+                "MessageId": f"pid-{mid.hex}",
+                "TaskId": str(mid),
+                "Status": "Delivered",
+                "From": "6580000001",
+                "To": "6500000000",
+                "Timestamp": now_ms,
+                "MsgFrameType": "template",
+            }
+            for mid in chunk
+        ]
+        items = "".join(
+            f"<Message><MessageBody>{base64.b64encode(json.dumps(r).encode()).decode()}"
+            "</MessageBody></Message>"
+            for r in reports
+        )
         xml = f'<?xml version="1.0" encoding="UTF-8"?><Messages xmlns="{mns.XMLNS}">{items}</Messages>'
         body = xml.encode()
-        headers = mns.signed_headers(await creds.get(), method="POST", resource=path,
-                                     date=mns.http_date(time.time()), body=body)
+        headers = mns.signed_headers(
+            await creds.get(), method="POST", resource=path, date=mns.http_date(time.time()), body=body
+        )
         async with session.post(f"{queue_url}{path}", data=body, headers=headers) as r:
             assert r.status == 201, await r.text()
 
-    chunks = [ids[i:i + 16] for i in range(0, len(ids), 16)]
+    chunks = [ids[i : i + 16] for i in range(0, len(ids), 16)]
     slots = asyncio.Semaphore(8)
 
     async def bounded(chunk: list[uuid.UUID]) -> None:
@@ -144,19 +183,22 @@ async def fill(queue_url: str, session: aiohttp.ClientSession, ids: list[uuid.UU
 
 
 async def one_run(admin_dsn: str, sb_url: str, receipts: int, pollers: int, batch: int) -> dict[str, float]:
-    async with fresh_database(admin_dsn) as dsn, aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=64)
-    ) as session:
+    async with (
+        fresh_database(admin_dsn) as dsn,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session,
+    ):
         db = await store.Store.connect(dsn, max_size=10)
         try:
             svc = service.Service(db)
             ids = await accept(svc, receipts)
             await fill(sb_url, session, ids)
-            client = dybaseapi.DybaseapiClient(session, endpoint=sb_url, access_key_id=AK,
-                                               access_key_secret=config.Secret(SK))
+            client = dybaseapi.DybaseapiClient(
+                session, endpoint=sb_url, access_key_id=AK, access_key_secret=config.Secret(SK)
+            )
             creds = dybaseapi.TokenCredentials(client, queue_name=QUEUE, message_type="ChatAppStatus")
-            queue = mns.MnsQueue(session, endpoint=sb_url, queue_name=QUEUE, kind=model.ReceiptKind.CHATAPP,
-                                 credentials=creds)
+            queue = mns.MnsQueue(
+                session, endpoint=sb_url, queue_name=QUEUE, kind=model.ReceiptKind.CHATAPP, credentials=creds
+            )
             consumer = consumers.QueueConsumer(queue, svc, pollers=pollers, batch=batch, wait_s=1)
             stop = asyncio.Event()
             started = time.perf_counter()

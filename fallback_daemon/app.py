@@ -13,7 +13,23 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from fallback_daemon import config, consumers, embedded, errors, health, logs, loops, migrate, model, ratelimit, service, store, web as web_
+from fallback_daemon import (
+    config,
+    consumers,
+    embedded,
+    errors,
+    health,
+    logs,
+    loops,
+    migrate,
+    model,
+    ratelimit,
+    service,
+    store,
+)
+from fallback_daemon import (
+    web as web_,
+)
 from fallback_daemon.providers import acs, aws, cams, dybaseapi, mns, sms_routing, sqs
 from fallback_daemon.web import keys
 
@@ -69,7 +85,9 @@ def check_can_run(settings: config.Settings, *, use_sandbox: bool) -> None:
     if not use_sandbox:
         missing = settings.provider_credentials_missing
         if missing:
-            raise errors.ConfigError(missing[0], f"required without --sandbox (also missing: {', '.join(missing)})")
+            raise errors.ConfigError(
+                missing[0], f"required without --sandbox (also missing: {', '.join(missing)})"
+            )
         if settings.sandbox_timer_scale != 1.0:
             raise errors.ConfigError("FALLBACK_SANDBOX_TIMER_SCALE", "only allowed with --sandbox or demo")
 
@@ -92,7 +110,9 @@ async def serve(
         if use_sandbox:
             settings, sb = await stack.enter_async_context(open_sandbox(settings, sandbox_config))
             sandbox_url = sb.url  # type: ignore[attr-defined]
-        logs.register_secrets(settings)  # final values (the sandbox may have generated tokens): scrubbed from logs
+        logs.register_secrets(
+            settings
+        )  # final values (the sandbox may have generated tokens): scrubbed from logs
         dsn = await database_dsn(settings)
         db = await store.Store.connect(dsn, max_size=10)
         stack.push_async_callback(db.close)
@@ -106,57 +126,98 @@ async def serve(
         stack.push_async_callback(acs.close_quietly, session)
 
         def client(endpoint: str, version: str) -> acs.AcsClient:
-            return acs.AcsClient(session, endpoint=endpoint, version=version, access_key_id=settings.access_key_id,
-                                 access_key_secret=settings.access_key_secret.reveal(),
-                                 timeout_s=settings.send_timeout_s)
+            return acs.AcsClient(
+                session,
+                endpoint=endpoint,
+                version=version,
+                access_key_id=settings.access_key_id,
+                access_key_secret=settings.access_key_secret.reveal(),
+                timeout_s=settings.send_timeout_s,
+            )
 
         chat = cams.CamsClient(client(settings.cams_endpoint, cams.VERSION))
         # --- SMS providers and routing (owned by the SMS provider work) ---
         aws_session = aws.new_session()  # also used by the SQS consumers below
-        sms = await sms_routing.build(settings, stack=stack, alibaba=client, aws_session=aws_session,
-                                      domestic_endpoint=sandbox_url or settings.sms_domestic_endpoint)
+        sms = await sms_routing.build(
+            settings,
+            stack=stack,
+            alibaba=client,
+            aws_session=aws_session,
+            domestic_endpoint=sandbox_url or settings.sms_domestic_endpoint,
+        )
         # --- end SMS providers ---
-        svc = service.Service(db, sms_template=settings.sms_template,
-                              timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0)
-        limiter = ratelimit.RateLimiter(db, name="cams", rate=settings.send_rate, headroom=settings.send_burst)
+        svc = service.Service(
+            db,
+            sms_template=settings.sms_template,
+            timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0,
+        )
+        limiter = ratelimit.RateLimiter(
+            db, name="cams", rate=settings.send_rate, headroom=settings.send_burst
+        )
         send_lease = settings.send_timeout_s * 3 + 30
-        sender = loops.SenderLoop(svc, chat, limiter, concurrency=settings.send_concurrency,
-                                  max_attempts=settings.send_max_attempts, lease_s=send_lease)
-        timer = loops.TimerLoop(svc, sms, batch=settings.fire_batch, lease_s=settings.firing_lease_s,
-                                max_sleep_s=settings.timer_max_sleep_s, concurrency=settings.send_concurrency,
-                                sms_max_attempts=settings.sms_max_attempts)
+        sender = loops.SenderLoop(
+            svc,
+            chat,
+            limiter,
+            concurrency=settings.send_concurrency,
+            max_attempts=settings.send_max_attempts,
+            lease_s=send_lease,
+        )
+        timer = loops.TimerLoop(
+            svc,
+            sms,
+            batch=settings.fire_batch,
+            lease_s=settings.firing_lease_s,
+            max_sleep_s=settings.timer_max_sleep_s,
+            concurrency=settings.send_concurrency,
+            sms_max_attempts=settings.sms_max_attempts,
+        )
         recovery = loops.RecoveryLoop(svc, timer, resend=settings.recovery_mode == "resend")
         gate = health.GateLoop(svc, window_s=settings.gate_window_s, per_channel=dict(settings.gate_channels))
         queue_consumers: list[consumers.QueueConsumer] = []
         # --- queue consumers (MNS, SQS): append QueueConsumer objects here ---
         queue_consumers += [
-            consumers.QueueConsumer(queue, svc, pollers=settings.sqs_pollers, batch=sqs.MAX_MESSAGES,
-                                    wait_s=settings.sqs_wait_s)
+            consumers.QueueConsumer(
+                queue, svc, pollers=settings.sqs_pollers, batch=sqs.MAX_MESSAGES, wait_s=settings.sqs_wait_s
+            )
             for queue in await sqs.open_queues(settings, stack=stack, session=aws_session)
         ]
         # MNS (docs/receipts-mns.md): Alicom queues read with QueryTokenForMnsQueue tokens, or own queues read
         # with a static AccessKey. With the in-process sandbox, it serves both and delivers receipts into MNS.
-        mns_names = ((settings.mns_chatapp_queue, model.ReceiptKind.CHATAPP),
-                     (settings.mns_sms_queue, model.ReceiptKind.SMS))
+        mns_names = (
+            (settings.mns_chatapp_queue, model.ReceiptKind.CHATAPP),
+            (settings.mns_sms_queue, model.ReceiptKind.SMS),
+        )
         if any(name for name, _ in mns_names):
             own_key = bool(settings.mns_access_key_id) and sb is None
             mns_ak = settings.mns_access_key_id if own_key else settings.access_key_id
             mns_sk = settings.mns_access_key_secret if own_key else settings.access_key_secret
             tokens = dybaseapi.DybaseapiClient(
-                session, endpoint=sandbox_url or settings.dybaseapi_endpoint,
-                version=settings.dybaseapi_version, access_key_id=mns_ak, access_key_secret=mns_sk,
-                timeout_s=settings.send_timeout_s)
+                session,
+                endpoint=sandbox_url or settings.dybaseapi_endpoint,
+                version=settings.dybaseapi_version,
+                access_key_id=mns_ak,
+                access_key_secret=mns_sk,
+                timeout_s=settings.send_timeout_s,
+            )
             mns_endpoint = sandbox_url or mns.endpoint_for(settings.mns_mode, settings.mns_endpoint)
             for name, kind in filter(lambda nk: nk[0], mns_names):
                 creds: mns.CredentialSource = mns.StaticCredentials(mns_ak, mns_sk)
                 if settings.mns_mode == "alicom":
                     mtype = dybaseapi.message_type_for(name, kind)
                     creds = dybaseapi.TokenCredentials(tokens, queue_name=name, message_type=mtype)
-                queue = mns.MnsQueue(session, endpoint=mns_endpoint, queue_name=name, kind=kind,
-                                     credentials=creds)
-                queue_consumers.append(consumers.QueueConsumer(
-                    queue, svc, pollers=settings.mns_pollers, batch=settings.mns_batch,
-                    wait_s=settings.mns_wait_s))
+                queue = mns.MnsQueue(
+                    session, endpoint=mns_endpoint, queue_name=name, kind=kind, credentials=creds
+                )
+                queue_consumers.append(
+                    consumers.QueueConsumer(
+                        queue,
+                        svc,
+                        pollers=settings.mns_pollers,
+                        batch=settings.mns_batch,
+                        wait_s=settings.mns_wait_s,
+                    )
+                )
             if sb is not None:
                 sb.set_receipt_delivery("mns")  # type: ignore[attr-defined]
         # --- end queue consumers ---
@@ -182,8 +243,9 @@ async def serve(
         app[keys.READY]["ready"] = True
         ready.set()
         if started is not None and not started.done():
-            started.set_result(Running(settings=settings, svc=svc, url=url, sandbox_url=sandbox_url,
-                                       stop=stop, ready=ready))
+            started.set_result(
+                Running(settings=settings, svc=svc, url=url, sandbox_url=sandbox_url, stop=stop, ready=ready)
+            )
         grace = settings.shutdown_grace_s
         async with db.listen({store.CHANNEL_SEND: sender.wake, store.CHANNEL_DUE: timer.wake}):
             async with asyncio.TaskGroup() as tg:
@@ -195,7 +257,9 @@ async def serve(
                 if settings.retention_days > 0:
                     from fallback_daemon import retention  # only this block knows the module
 
-                    purge = retention.RetentionLoop(db, days=settings.retention_days, batch=settings.retention_batch)
+                    purge = retention.RetentionLoop(
+                        db, days=settings.retention_days, batch=settings.retention_batch
+                    )
                     tg.create_task(purge.run(stop), name="retention")
                 # --- end retention ---
                 for consumer in queue_consumers:

@@ -40,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--access-key-id", default=None)
     sb.add_argument("--access-key-secret", default=None)
     # MNS: receipts as queue messages, temporary credentials (QueryTokenForMnsQueue), redelivery.
-    sb.add_argument("--receipt-delivery", choices=["http", "mns", "both"], default="http",
-                    help="push receipts over HTTP, put them into the MNS queues, or both (duplicates)")
+    sb.add_argument(
+        "--receipt-delivery",
+        choices=["http", "mns", "both"],
+        default="http",
+        help="push receipts over HTTP, put them into the MNS queues, or both (duplicates)",
+    )
     sb.add_argument("--mns-uid", default="1234567890", help="<uid> in Alicom-Queue-<uid>-ChatAppStatus")
     sb.add_argument("--mns-chatapp-queue", default=None, help="MNS queue for ChatApp reports (an own queue)")
     sb.add_argument("--mns-sms-queue", default=None, help="MNS queue for SMS reports (an own queue)")
@@ -50,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="daemon + sandbox + a stream of demo messages, with a live view")
     demo.add_argument("--count", type=int, default=200, help="messages to send")
     demo.add_argument("--rate", type=float, default=40.0, help="messages per second to submit")
-    demo.add_argument("--timer-scale", type=float, default=0.1,
-                      help="sandbox-only: multiply FallBackDuration (60 s * 0.1 = 6 s)")
+    demo.add_argument(
+        "--timer-scale",
+        type=float,
+        default=0.1,
+        help="sandbox-only: multiply FallBackDuration (60 s * 0.1 = 6 s)",
+    )
     demo.add_argument("--exit", action="store_true", help="exit after the summary instead of staying up")
     cli_ops.register(sub)  # operator commands: status, list, stats, cancel, fire, redrive, held, dead-letters
     return parser
@@ -95,15 +103,28 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.command == "sandbox":
         from fallback_daemon import sandbox
 
-        overrides = {k: v for k, v in {
-            "access_key_id": args.access_key_id, "access_key_secret": args.access_key_secret,
-        }.items() if v}
+        overrides = {
+            k: v
+            for k, v in {
+                "access_key_id": args.access_key_id,
+                "access_key_secret": args.access_key_secret,
+            }.items()
+            if v
+        }
         sb_config = sandbox.SandboxConfig(
-            chatapp_callback_url=args.chatapp_callback, sms_callback_url=args.sms_callback, mode=args.mode,
-            seed=args.seed, qps=args.qps, duplicate_rate=args.duplicate_rate,
-            omit_task_id_rate=args.omit_task_id_rate, reorder=args.reorder, **overrides,
-            receipt_delivery=args.receipt_delivery, mns_uid=args.mns_uid,
-            mns_chatapp_queue=args.mns_chatapp_queue, mns_sms_queue=args.mns_sms_queue,
+            chatapp_callback_url=args.chatapp_callback,
+            sms_callback_url=args.sms_callback,
+            mode=args.mode,
+            seed=args.seed,
+            qps=args.qps,
+            duplicate_rate=args.duplicate_rate,
+            omit_task_id_rate=args.omit_task_id_rate,
+            reorder=args.reorder,
+            **overrides,
+            receipt_delivery=args.receipt_delivery,
+            mns_uid=args.mns_uid,
+            mns_chatapp_queue=args.mns_chatapp_queue,
+            mns_sms_queue=args.mns_sms_queue,
             mns_visibility_timeout_s=args.mns_visibility_timeout_s,
             mns_token_ttl_s=args.mns_token_ttl_s,
         )
@@ -115,6 +136,7 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         if "FALLBACK_LOG_LEVEL" not in os.environ:  # keep the live view readable
             logs.configure(fmt=settings.log_format, level="warning")
 
-        return await demo.run(settings, count=args.count, rate=args.rate, timer_scale=args.timer_scale,
-                              stay_up=not args.exit)
+        return await demo.run(
+            settings, count=args.count, rate=args.rate, timer_scale=args.timer_scale, stay_up=not args.exit
+        )
     raise AssertionError(args.command)

@@ -183,7 +183,7 @@ def _dsn(raw: str) -> Secret:
 
 
 def _channel_windows(raw: str) -> tuple[tuple[str, float], ...]:
-    """"whatsapp:300,viber:0" -> (("whatsapp", 300.0), ("viber", 0.0))."""
+    """ "whatsapp:300,viber:0" -> (("whatsapp", 300.0), ("viber", 0.0))."""
     out = []
     for item in raw.split(","):
         name, sep, value = item.strip().partition(":")
@@ -205,7 +205,7 @@ def _queue_url(raw: str) -> str:
 
 
 def _sms_routes(raw: str) -> tuple[tuple[str, str], ...]:
-    """"86=domestic,+1=sns,channel:viber=globe" -> (("86", "domestic"), ("1", "sns"), …)."""
+    """ "86=domestic,+1=sns,channel:viber=globe" -> (("86", "domestic"), ("1", "sns"), …)."""
     out: list[tuple[str, str]] = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, provider = (x.strip() for x in item.partition("="))
@@ -247,10 +247,16 @@ def _sender_id(raw: str) -> str:
 # --- parsers of the MNS settings ---
 def _mns_queue_name(raw: str) -> str:
     """MNS queue names: a letter, then letters, digits and hyphens (at most 256 characters)."""
-    if not (raw[:1].isascii() and raw[:1].isalpha() and len(raw) <= 256
-            and all(c.isascii() and (c.isalnum() or c == "-") for c in raw)):
-        raise ValueError("must be an MNS queue name: a letter, then letters, digits or '-' (e.g. "
-                         "Alicom-Queue-1234567890-ChatAppStatus)")
+    if not (
+        raw[:1].isascii()
+        and raw[:1].isalpha()
+        and len(raw) <= 256
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in raw)
+    ):
+        raise ValueError(
+            "must be an MNS queue name: a letter, then letters, digits or '-' (e.g. "
+            "Alicom-Queue-1234567890-ChatAppStatus)"
+        )
     return raw
 
 

@@ -41,7 +41,13 @@ class QueueConsumer:
     """`pollers` concurrent long-poll loops over one queue."""
 
     def __init__(
-        self, queue: ports.ReceiptQueue, svc: service.Service, *, pollers: int = 2, batch: int = 16, wait_s: int = 10
+        self,
+        queue: ports.ReceiptQueue,
+        svc: service.Service,
+        *,
+        pollers: int = 2,
+        batch: int = 16,
+        wait_s: int = 10,
     ) -> None:
         self.queue, self.svc = queue, svc
         self.pollers, self.batch, self.wait_s = pollers, batch, wait_s
@@ -86,9 +92,17 @@ class QueueConsumer:
             return None
         chat, sms, dead = parse_batch(self.queue.kind, messages)
         # Raises StoreError when Postgres is down: nothing is deleted, the queue redelivers.
-        result = await self.svc.ingest_queue_batch(self.queue.kind, self.queue.source, self.queue.name,
-                                                   chat, sms, dead)
+        result = await self.svc.ingest_queue_batch(
+            self.queue.kind, self.queue.source, self.queue.name, chat, sms, dead
+        )
         await self.queue.delete([m.handle for m in messages])
-        log.info("queue_batch", queue=self.queue.name, messages=len(messages), dead=len(dead),
-                 applied=result.applied, duplicates=result.duplicates, parked=result.parked)
+        log.info(
+            "queue_batch",
+            queue=self.queue.name,
+            messages=len(messages),
+            dead=len(dead),
+            applied=result.applied,
+            duplicates=result.duplicates,
+            parked=result.parked,
+        )
         return result

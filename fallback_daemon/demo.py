@@ -19,16 +19,30 @@ from fallback_daemon import app, config
 
 RULES = ("undelivered", "undelivered", "unread", "sentFailed")
 CHAT = ("accepted", "sending", "unknown", "sent", "delivered", "read", "failed", "send_failed")
-FALLBACK = ("none", "armed", "held", "firing", "sms_sent", "sms_delivered", "sms_failed", "cancelled", "suppressed")
+FALLBACK = (
+    "none",
+    "armed",
+    "held",
+    "firing",
+    "sms_sent",
+    "sms_delivered",
+    "sms_failed",
+    "cancelled",
+    "suppressed",
+)
 
 
 def demo_body(i: int) -> dict[str, Any]:
     return {
-        "ChannelType": "whatsapp", "Type": "message", "MessageType": "text",
-        "From": "6580000000", "To": f"659{i:07d}",
+        "ChannelType": "whatsapp",
+        "Type": "message",
+        "MessageType": "text",
+        "From": "6580000000",
+        "To": f"659{i:07d}",
         "Content": {"text": f"Your order #{i} has shipped"},
         "FallBackContent": f"Your order #{i} has shipped (SMS)",
-        "FallBackDuration": 60, "FallBackRule": RULES[i % len(RULES)],
+        "FallBackDuration": 60,
+        "FallBackRule": RULES[i % len(RULES)],
     }
 
 
@@ -79,23 +93,30 @@ def render(snap: dict[str, Any], submitted: int, count: int, started: float, pha
     )
 
 
-async def run(settings: config.Settings, *, count: int, rate: float, timer_scale: float, stay_up: bool) -> int:
+async def run(
+    settings: config.Settings, *, count: int, rate: float, timer_scale: float, stay_up: bool
+) -> int:
     settings = dataclasses.replace(settings, sandbox_timer_scale=timer_scale)
     stop = asyncio.Event()
     started: asyncio.Future[app.Running] = asyncio.get_running_loop().create_future()
-    daemon = asyncio.create_task(app.serve(settings, use_sandbox=True, started=started, stop=stop), name="daemon")
+    daemon = asyncio.create_task(
+        app.serve(settings, use_sandbox=True, started=started, stop=stop), name="daemon"
+    )
     running = await _first(started, daemon)
     token = running.settings.api_token.reveal()
     print(f"daemon: {running.url}   sandbox: {running.sandbox_url}   API token: {token}")
-    print(f"sending {count} messages at {rate:.0f}/s; FallBackDuration 60 s runs as {60 * timer_scale:.0f} s\n")
+    print(
+        f"sending {count} messages at {rate:.0f}/s; FallBackDuration 60 s runs as {60 * timer_scale:.0f} s\n"
+    )
     view = View()
     t0 = time.monotonic()
     headers = {"Authorization": f"Bearer {token}"}
     example = ""
     async with aiohttp.ClientSession(headers=headers) as http:
         for i in range(count):
-            async with http.post(f"{running.url}/v1/messages", json=demo_body(i),
-                                 headers={"Idempotency-Key": f"demo-{t0}-{i}"}) as resp:
+            async with http.post(
+                f"{running.url}/v1/messages", json=demo_body(i), headers={"Idempotency-Key": f"demo-{t0}-{i}"}
+            ) as resp:
                 resp.raise_for_status()
                 if i == min(count - 1, 5):  # a message whose sandbox outcome is "failed" (To ends in 5)
                     example = (await resp.json())["id"]
@@ -111,8 +132,10 @@ async def run(settings: config.Settings, *, count: int, rate: float, timer_scale
     snap = await snapshot(running)
     view.show(render(snap, count, count, t0, "done"), force=True)
     fired = sum(snap["fallback"][k] for k in ("firing", "sms_sent", "sms_delivered", "sms_failed"))
-    print(f"\nsummary: {count} messages; {fired} SMS fallbacks fired; {snap['fallback']['cancelled']} cancelled "
-          f"by a timely receipt; {snap['double']} double deliveries.")
+    print(
+        f"\nsummary: {count} messages; {fired} SMS fallbacks fired; {snap['fallback']['cancelled']} cancelled "
+        f"by a timely receipt; {snap['double']} double deliveries."
+    )
     print(f"look around:  curl -H 'Authorization: Bearer {token}' {running.url}/v1/messages/{example}")
     if stay_up:
         print("the API stays up; Ctrl-C to stop.")

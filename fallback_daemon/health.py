@@ -54,13 +54,18 @@ class GateLoop:
         for row in await self.svc.db.fetch(Q["feed_status"], channels):
             channel = row["channel"]
             closed = policy.feed_gate_closed(
-                now=row["now"], earliest_unanswered_send=row["earliest_unanswered"], window_s=self.window(channel)
+                now=row["now"],
+                earliest_unanswered_send=row["earliest_unanswered"],
+                window_s=self.window(channel),
             )
             states[channel] = closed
             if closed != row["gate_closed"]:
                 await self.svc.db.execute(Q["set_feed_gate"], channel, closed)
-                log.warning("feed_gate_closed" if closed else "feed_gate_opened", channel=channel,
-                            window_s=self.window(channel))
+                log.warning(
+                    "feed_gate_closed" if closed else "feed_gate_opened",
+                    channel=channel,
+                    window_s=self.window(channel),
+                )
             metrics.feed_gate.labels(channel).set(1 if closed else 0)
             if row["last_receipt"] is not None:
                 metrics.feed_silent.labels(channel).set(max(0.0, row["now"] - row["last_receipt"]))

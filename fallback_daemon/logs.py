@@ -22,13 +22,41 @@ import structlog
 from fallback_daemon import config
 
 PHONE_KEYS = frozenset(
-    {"to", "to_number", "phone", "phone_number", "phone_numbers", "phonenumbers", "from_number", "msisdn",
-     "recipient", "destination"}
+    {
+        "to",
+        "to_number",
+        "phone",
+        "phone_number",
+        "phone_numbers",
+        "phonenumbers",
+        "from_number",
+        "msisdn",
+        "recipient",
+        "destination",
+    }
 )
 # Free text that may quote a number (provider error messages, tracebacks, raw bodies).
 TEXT_KEYS = frozenset(
-    {"event", "error", "errors", "exception", "message", "msg", "detail", "details", "reason", "description",
-     "error_description", "errordescription", "last_error", "body", "text", "raw", "payload", "content"}
+    {
+        "event",
+        "error",
+        "errors",
+        "exception",
+        "message",
+        "msg",
+        "detail",
+        "details",
+        "reason",
+        "description",
+        "error_description",
+        "errordescription",
+        "last_error",
+        "body",
+        "text",
+        "raw",
+        "payload",
+        "content",
+    }
 )
 _DIGITS = re.compile(r"\+?\d{6,}")  # inside a phone field: every long digit run is a number
 # In free text: 8-15 digits standing alone (not part of an id, a uuid segment, a decimal or a word).
@@ -206,10 +234,12 @@ def configure(
         cache_logger_on_first_use=cache,
     )
     handler = _StdlibHandler(out)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors()],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors()],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
         root.removeHandler(old)

@@ -227,8 +227,11 @@ class SenderLoop:
                 metrics.throttled.labels("cams").inc()
             if row["send_attempts"] >= self.max_attempts:
                 metrics.sends.labels("failed").inc()
-                self.writer.put(service.Outcome(message_id=mid, event=policy.SendFailed(),
-                                                error=f"retries exhausted: {exc}"))
+                self.writer.put(
+                    service.Outcome(
+                        message_id=mid, event=policy.SendFailed(), error=f"retries exhausted: {exc}"
+                    )
+                )
             else:
                 metrics.sends.labels("retry").inc()
                 await self.svc.retry_send(mid, backoff(row["send_attempts"]), str(exc))
@@ -242,8 +245,14 @@ class SenderLoop:
         else:
             metrics.provider_latency.labels("cams").observe(time.perf_counter() - started)
             metrics.sends.labels("ok").inc()
-            self.writer.put(service.Outcome(message_id=mid, event=policy.SendOk(), provider_message_id=pid,
-                                            detail={"provider_message_id": pid}))
+            self.writer.put(
+                service.Outcome(
+                    message_id=mid,
+                    event=policy.SendOk(),
+                    provider_message_id=pid,
+                    detail={"provider_message_id": pid},
+                )
+            )
 
 
 class TimerLoop:
@@ -301,12 +310,19 @@ class TimerLoop:
             return
         if row["fallback_state"] == "held":
             metrics.fallbacks_held.labels(row["hold_reason"] or "unknown").inc()
-            log.warning("fallback_held", message_id=str(row["id"]), reason=row["hold_reason"], channel=row["channel"])
+            log.warning(
+                "fallback_held", message_id=str(row["id"]), reason=row["hold_reason"], channel=row["channel"]
+            )
             return
         metrics.fallbacks_fired.labels(row["fire_reason"] or "unknown").inc()
         # The operator's "what happened to the message for +65…?" line; logs.mask_phones masks `to`.
-        log.info("fallback_firing", message_id=str(row["id"]), reason=row["fire_reason"], channel=row["channel"],
-                 to=row["to_number"])
+        log.info(
+            "fallback_firing",
+            message_id=str(row["id"]),
+            reason=row["fire_reason"],
+            channel=row["channel"],
+            to=row["to_number"],
+        )
         if row["lateness_s"] is not None and row["fire_reason"] == "timeout":
             metrics.timer_lateness.observe(max(0.0, row["lateness_s"]))
         if self.on_fired is not None:
@@ -317,21 +333,28 @@ class TimerLoop:
         mid: uuid.UUID = row["id"]
         text = row["sms_text"] or ""
         # A router picks the provider per To prefix / channel; the event then names the provider that sent it.
-        gateway = (self.sms.pick(to=row["to_number"], channel=row["channel"] or "")
-                   if isinstance(self.sms, sms_routing.SmsRouter) else self.sms)
+        gateway = (
+            self.sms.pick(to=row["to_number"], channel=row["channel"] or "")
+            if isinstance(self.sms, sms_routing.SmsRouter)
+            else self.sms
+        )
         for attempt in range(1, self.sms_max_attempts + 1):
             started = time.perf_counter()
             try:
-                sms_id = await gateway.send(fallback_id=str(mid), to=row["to_number"], text=text,
-                                             template_params=template_params(row))
+                sms_id = await gateway.send(
+                    fallback_id=str(mid), to=row["to_number"], text=text, template_params=template_params(row)
+                )
             except errors.TransientError as exc:
                 metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
                 if acs.is_throttling(exc.code):
                     metrics.throttled.labels("sms").inc()
                 if attempt == self.sms_max_attempts:
                     metrics.fallback_sms.labels("rejected").inc()
-                    self.writer.put(service.Outcome(message_id=mid, event=policy.SmsRejected(),
-                                                    error=f"retries exhausted: {exc}"))
+                    self.writer.put(
+                        service.Outcome(
+                            message_id=mid, event=policy.SmsRejected(), error=f"retries exhausted: {exc}"
+                        )
+                    )
                     return
                 await asyncio.sleep(backoff(attempt, cap=10.0))
             except errors.PermanentError as exc:
@@ -348,15 +371,23 @@ class TimerLoop:
             else:
                 metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
                 metrics.fallback_sms.labels("sent").inc()
-                self.writer.put(service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id=sms_id,
-                                                detail={"sms_id": sms_id, "provider": gateway.name}))
+                self.writer.put(
+                    service.Outcome(
+                        message_id=mid,
+                        event=policy.SmsSent(),
+                        sms_provider_id=sms_id,
+                        detail={"sms_id": sms_id, "provider": gateway.name},
+                    )
+                )
                 return
 
 
 class RecoveryLoop:
     """Finds rows whose lease expired (a replica died mid-send or mid-firing) and applies the policy."""
 
-    def __init__(self, svc: service.Service, timer: TimerLoop, *, resend: bool, interval_s: float = 5.0) -> None:
+    def __init__(
+        self, svc: service.Service, timer: TimerLoop, *, resend: bool, interval_s: float = 5.0
+    ) -> None:
         self.svc, self.timer, self.resend, self.interval_s = svc, timer, resend, interval_s
         self.wake = asyncio.Event()
 

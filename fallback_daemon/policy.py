@@ -192,7 +192,9 @@ def decide(state: State, event: Event) -> Decision:  # noqa: C901 - one flat dis
             return _chat(state, target, "receipt", fire="failed_receipt" if target is C.FAILED else None)
         case TimerExpired():
             if state.fallback is F.ARMED and not is_success(state.rule, state.chat):
-                return Decision(chat=state.chat, fallback=F.FIRING, outcome="fallback_fired", fire_reason="timeout")
+                return Decision(
+                    chat=state.chat, fallback=F.FIRING, outcome="fallback_fired", fire_reason="timeout"
+                )
             return Decision(chat=state.chat, fallback=state.fallback, outcome="timer_ignored")
         case SmsSent():
             return _sms(state, F.SMS_SENT, "sms_sent")
@@ -210,7 +212,9 @@ def decide(state: State, event: Event) -> Decision:  # noqa: C901 - one flat dis
             return Decision(chat=state.chat, fallback=state.fallback, outcome="operator_cancel_refused")
         case OperatorFire():
             if state.fallback in PENDING:
-                return Decision(chat=state.chat, fallback=F.ARMED, outcome="operator_fire", fire_reason="operator")
+                return Decision(
+                    chat=state.chat, fallback=F.ARMED, outcome="operator_fire", fire_reason="operator"
+                )
             return Decision(chat=state.chat, fallback=state.fallback, outcome="operator_fire_refused")
         case OperatorDrop():
             if state.fallback in PENDING:
@@ -250,7 +254,9 @@ def _chat(state: State, target: C, outcome: str, *, fire: str | None = None) -> 
     elif fallback in model.FIRED_STATES and is_success(state.rule, chat) and not state.double_delivered:
         double = True
         outcome = f"{outcome}_double_delivered"
-    return Decision(chat=chat, fallback=fallback, outcome=outcome, fire_reason=fire_reason, double_delivered=double)
+    return Decision(
+        chat=chat, fallback=fallback, outcome=outcome, fire_reason=fire_reason, double_delivered=double
+    )
 
 
 def _sms(state: State, target: F, outcome: str) -> Decision:

@@ -87,7 +87,9 @@ class Service:
         self.db = db
         self.sms_template = sms_template
         self.timer_scale = timer_scale
-        self.last_receipt: dict[str, float] = {}  # channel -> unix time, flushed to feed_health by the gate loop
+        self.last_receipt: dict[
+            str, float
+        ] = {}  # channel -> unix time, flushed to feed_health by the gate loop
         self._notified_at = -1.0  # monotonic time of the last "new messages" NOTIFY sent by accept
         self._trailing: asyncio.Task[None] | None = None
 
@@ -99,7 +101,9 @@ class Service:
             return fill_template(self.sms_template, req.template_params)
         return None
 
-    async def accept(self, requests: Sequence[model.SendRequest], keys: Sequence[str | None]) -> list[Accepted]:
+    async def accept(
+        self, requests: Sequence[model.SendRequest], keys: Sequence[str | None]
+    ) -> list[Accepted]:
         """Store messages durably (one transaction); a repeated idempotency key returns the original."""
         cols: list[list[Any]] = [[] for _ in range(11)]
         for req, key in zip(requests, keys, strict=True):
@@ -107,8 +111,17 @@ class Service:
             fb = policy.initial_fallback(has_sms=text is not None)
             timer = policy.timer_seconds(req.rule, req.duration_s)
             row = [
-                key, req.channel, req.to, req.sender, req.client_task_id, dict(req.params), req.rule.value,
-                req.duration_s, text, fb.value, None if timer is None else timer * self.timer_scale,
+                key,
+                req.channel,
+                req.to,
+                req.sender,
+                req.client_task_id,
+                dict(req.params),
+                req.rule.value,
+                req.duration_s,
+                text,
+                fb.value,
+                None if timer is None else timer * self.timer_scale,
             ]
             for col, value in zip(cols, row, strict=True):
                 col.append(value)
@@ -204,7 +217,8 @@ class Service:
             d = policy.decide(state, o.event)
             decisions.append(d)
             acc = final.setdefault(
-                o.message_id, {"fire": None, "dbl": False, "pid": None, "spid": None, "err": None, "hold": None}
+                o.message_id,
+                {"fire": None, "dbl": False, "pid": None, "spid": None, "err": None, "hold": None},
             )
             acc["pid"] = acc["pid"] or o.provider_message_id
             acc["spid"] = acc["spid"] or o.sms_provider_id
@@ -215,7 +229,10 @@ class Service:
                 notify = True
             acc["dbl"] = acc["dbl"] or d.double_delivered
             states[o.message_id] = dataclasses.replace(
-                state, chat=d.chat, fallback=d.fallback, double_delivered=state.double_delivered or d.double_delivered
+                state,
+                chat=d.chat,
+                fallback=d.fallback,
+                double_delivered=state.double_delivered or d.double_delivered,
             )
             detail = {**o.detail, "outcome": d.outcome, "chat": d.chat.value, "fallback": d.fallback.value}
             if o.error:
@@ -259,9 +276,13 @@ class Service:
         by_key = {(r.message_id, _status_key(r)): r for r in receipts}
         await conn.execute(Q["lock_provider_ids"], sorted({r.message_id for r in receipts}))
         new = await conn.fetch(
-            Q["insert_receipts"], model.ReceiptKind.CHATAPP.value, source,
-            [k[0] for k in by_key], [k[1] for k in by_key],
-            [r.task_id for r in by_key.values()], [dict(r.raw) for r in by_key.values()],
+            Q["insert_receipts"],
+            model.ReceiptKind.CHATAPP.value,
+            source,
+            [k[0] for k in by_key],
+            [k[1] for k in by_key],
+            [r.task_id for r in by_key.values()],
+            [dict(r.raw) for r in by_key.values()],
         )
         result.duplicates = len(receipts) - len(new)
         if not new:
@@ -287,10 +308,16 @@ class Service:
                 known_pid[mid] = pid
             outcomes.append(
                 Outcome(
-                    message_id=mid, event=policy.ChatReceipt(r.status), provider_message_id=pid,
-                    detail={"status": r.raw_status, "source": source, "receipt_id": rec["id"],
-                            "error_code": r.error_code,
-                            "timestamp": r.timestamp.isoformat() if r.timestamp else None},
+                    message_id=mid,
+                    event=policy.ChatReceipt(r.status),
+                    provider_message_id=pid,
+                    detail={
+                        "status": r.raw_status,
+                        "source": source,
+                        "receipt_id": rec["id"],
+                        "error_code": r.error_code,
+                        "timestamp": r.timestamp.isoformat() if r.timestamp else None,
+                    },
                 )
             )
             applied_ids.append(rec["id"])
@@ -326,9 +353,13 @@ class Service:
         result = IngestResult(received=len(receipts))
         by_key = {(r.provider_id, r.raw_status): r for r in receipts}
         new = await conn.fetch(
-            Q["insert_receipts"], model.ReceiptKind.SMS.value, source,
-            [k[0] for k in by_key], [k[1] for k in by_key],
-            [r.fallback_id for r in by_key.values()], [dict(r.raw) for r in by_key.values()],
+            Q["insert_receipts"],
+            model.ReceiptKind.SMS.value,
+            source,
+            [k[0] for k in by_key],
+            [k[1] for k in by_key],
+            [r.fallback_id for r in by_key.values()],
+            [dict(r.raw) for r in by_key.values()],
         )
         result.duplicates = len(receipts) - len(new)
         ids = [u for r in new if (u := _uuid(r["task_id"])) is not None]
@@ -345,9 +376,17 @@ class Service:
             assert mid is not None
             r = by_key[(rec["provider_id"], rec["status"])]
             outcomes.append(
-                Outcome(message_id=mid, event=policy.SmsReceipt(r.status), sms_provider_id=r.provider_id,
-                        detail={"sms_status": r.raw_status, "source": source, "receipt_id": rec["id"],
-                                "error_code": r.error_code})
+                Outcome(
+                    message_id=mid,
+                    event=policy.SmsReceipt(r.status),
+                    sms_provider_id=r.provider_id,
+                    detail={
+                        "sms_status": r.raw_status,
+                        "source": source,
+                        "receipt_id": rec["id"],
+                        "error_code": r.error_code,
+                    },
+                )
             )
             applied_ids.append(rec["id"])
             applied_mids.append(mid)
@@ -383,13 +422,23 @@ class Service:
                 result.applied += r2.applied
                 result.parked += r2.parked
             if dead:
-                await conn.execute(Q["insert_dead_letters"], source, queue, kind.value,
-                                   [d[0] for d in dead], [d[1] for d in dead], [d[2] for d in dead])
+                await conn.execute(
+                    Q["insert_dead_letters"],
+                    source,
+                    queue,
+                    kind.value,
+                    [d[0] for d in dead],
+                    [d[1] for d in dead],
+                    [d[2] for d in dead],
+                )
                 metrics.dead_letters.labels(source).inc(len(dead))
             return result
 
     def _count_receipts(
-        self, kind: model.ReceiptKind, source: str, result: IngestResult,
+        self,
+        kind: model.ReceiptKind,
+        source: str,
+        result: IngestResult,
         chat: Sequence[model.ChatReceipt] = (),
     ) -> None:
         metrics.receipt_duplicates.labels(kind.value, source).inc(result.duplicates)
@@ -428,12 +477,19 @@ class Service:
             rows = await conn.fetch(Q["lock_messages"], ids, [])
             states = {r["id"]: _state(r) for r in rows}
             outcomes = [
-                Outcome(message_id=m, event=policy.SendUnknown(), error="send lease expired (replica stopped mid-send)")
+                Outcome(
+                    message_id=m,
+                    event=policy.SendUnknown(),
+                    error="send lease expired (replica stopped mid-send)",
+                )
                 for m in stale_sends
             ] + [
-                Outcome(message_id=m, event=policy.FiringInterrupted(resend=resend),
-                        hold_reason=None if resend else "interrupted",
-                        detail={"mode": "resend" if resend else "park"})
+                Outcome(
+                    message_id=m,
+                    event=policy.FiringInterrupted(resend=resend),
+                    hold_reason=None if resend else "interrupted",
+                    detail={"mode": "resend" if resend else "park"},
+                )
                 for m in stale_firings
             ]
             await self._write(conn, states, outcomes)
@@ -473,8 +529,11 @@ async def _unpark(
         ids.append(r["id"])
         mids.append(mid)
         outcomes.append(
-            Outcome(message_id=mid, event=policy.ChatReceipt(_receipt_status(r["status"])),
-                    detail={"status": r["status"], "receipt_id": r["id"], "parked": True})
+            Outcome(
+                message_id=mid,
+                event=policy.ChatReceipt(_receipt_status(r["status"])),
+                detail={"status": r["status"], "receipt_id": r["id"], "parked": True},
+            )
         )
     return outcomes, ids, mids
 

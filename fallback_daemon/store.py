@@ -53,8 +53,9 @@ class Store:
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Store:
         with wrap_errors():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init,
-                                             reset=_keep_session)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=_init, reset=_keep_session
+            )
         return cls(pool, dsn)
 
     async def close(self) -> None:

@@ -20,12 +20,34 @@ _MESSENGER_TYPES = frozenset(
 )  # fmt: skip
 MESSAGE_TYPES: Mapping[str, frozenset[str]] = {
     "whatsapp": frozenset(
-        {"text", "image", "video", "audio", "document", "interactive", "location", "contacts", "reaction",
-         "sticker", "typing_indicator", "pin", "carousel"}
+        {
+            "text",
+            "image",
+            "video",
+            "audio",
+            "document",
+            "interactive",
+            "location",
+            "contacts",
+            "reaction",
+            "sticker",
+            "typing_indicator",
+            "pin",
+            "carousel",
+        }
     ),  # fmt: skip
     "viber": frozenset(
-        {"text", "image", "text_image_button", "text_button", "document", "video", "text_video",
-         "text_video_button", "text_image"}
+        {
+            "text",
+            "image",
+            "text_image_button",
+            "text_button",
+            "document",
+            "video",
+            "text_video",
+            "text_video_button",
+            "text_image",
+        }
     ),  # fmt: skip
     "messenger": _MESSENGER_TYPES,
     "instagram": _MESSENGER_TYPES,
@@ -393,4 +415,3 @@ def _fallback_content(value: str | None) -> str | None:
     if not value:
         raise errors.ValidationError("FallBackContent", "must not be blank")
     return value
-

@@ -33,7 +33,9 @@ async def map_errors() -> AsyncIterator[None]:
     except (TimeoutError, aiohttp.ServerTimeoutError, aiohttp.ServerDisconnectedError) as exc:
         raise errors.AmbiguousError(f"no answer after sending: {type(exc).__name__}", code="Timeout") from exc
     except aiohttp.ClientError as exc:
-        raise errors.AmbiguousError(f"request failed: {type(exc).__name__}: {exc}", code="ClientError") from exc
+        raise errors.AmbiguousError(
+            f"request failed: {type(exc).__name__}: {exc}", code="ClientError"
+        ) from exc
 
 
 class AcsClient:
@@ -70,8 +72,13 @@ class AcsClient:
             "x-acs-content-sha256": payload_hash,
         }
         headers["Authorization"] = signing.acs3_authorization(
-            access_key_id=self._ak, secret=self._secret, method="POST", path="/", query={},
-            headers=headers, payload_hash=payload_hash,
+            access_key_id=self._ak,
+            secret=self._secret,
+            method="POST",
+            path="/",
+            query={},
+            headers=headers,
+            payload_hash=payload_hash,
         )
         headers["content-type"] = "application/x-www-form-urlencoded"
         headers["accept"] = "application/json"
@@ -86,9 +93,10 @@ class AcsClient:
             errors.AmbiguousError: the request went out but no answer came back.
         """
         headers, body = self.signed_request(action, params)
-        async with map_errors(), self._session.post(
-            self._url, data=body, headers=headers, timeout=self._timeout
-        ) as resp:
+        async with (
+            map_errors(),
+            self._session.post(self._url, data=body, headers=headers, timeout=self._timeout) as resp,
+        ):
             status = resp.status
             try:
                 payload = await resp.json(content_type=None)

@@ -74,8 +74,12 @@ class DomesticSms:
 
     def params(self, *, fallback_id: str, to: str, template_params: Mapping[str, str]) -> dict[str, str]:
         """The SendSms parameters for one fallback (exposed for tests)."""
-        params = {"PhoneNumbers": to, "SignName": self._sign_name, "TemplateCode": self._template_code,
-                  "OutId": fallback_id}
+        params = {
+            "PhoneNumbers": to,
+            "SignName": self._sign_name,
+            "TemplateCode": self._template_code,
+            "OutId": fallback_id,
+        }
         values = self.template_param(template_params)
         if values:
             params["TemplateParam"] = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
@@ -91,8 +95,9 @@ class DomesticSms:
         """
         del text
         try:
-            body = await self._client.call("SendSms", self.params(fallback_id=fallback_id, to=to,
-                                                                  template_params=template_params))
+            body = await self._client.call(
+                "SendSms", self.params(fallback_id=fallback_id, to=to, template_params=template_params)
+            )
         except errors.PermanentError as exc:
             if exc.code in DOMESTIC_TRANSIENT:
                 raise errors.TransientError(str(exc), code=exc.code, status=exc.status) from exc

@@ -17,10 +17,19 @@ from botocore import exceptions as boto_errors
 from fallback_daemon import errors
 
 # Error codes that mean "refused for now, nothing happened": safe to retry with backoff.
-TRANSIENT_CODES = frozenset({
-    "InternalError", "InternalFailure", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
-    "TooManyRequestsException", "RequestLimitExceeded", "SlowDown", "PriorRequestNotComplete",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "PriorRequestNotComplete",
+    }
+)
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
@@ -60,8 +69,9 @@ async def open_client(
     """
     try:
         return await stack.enter_async_context(
-            session.create_client(service, region_name=region or None, endpoint_url=endpoint_url or None,
-                                  config=config)
+            session.create_client(
+                service, region_name=region or None, endpoint_url=endpoint_url or None, config=config
+            )
         )
     except boto_errors.NoRegionError as exc:
         problem = "no AWS region set (nor AWS_REGION / AWS_DEFAULT_REGION)"

@@ -130,8 +130,12 @@ class DybaseapiClient:
             errors.TransientError: network, 5xx, throttling, or an unreadable answer.
             errors.PermanentError: the call was refused (bad AccessKey, signature, no permission, ...).
         """
-        params = self.signed_params(message_type=message_type, queue_name=queue_name, nonce=uuid.uuid4().hex,
-                                    timestamp=dt.datetime.now(dt.UTC))
+        params = self.signed_params(
+            message_type=message_type,
+            queue_name=queue_name,
+            nonce=uuid.uuid4().hex,
+            timestamp=dt.datetime.now(dt.UTC),
+        )
         body = signing.canonical_query(params).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         try:
@@ -211,8 +215,9 @@ class TokenCredentials:
             if keep_on_error is None or remaining <= 0:
                 raise
             # The current token still works: keep it, and ask again in a little while.
-            log.warning("mns_token_refresh_failed", queue=self._queue, error=str(exc),
-                        remaining_s=round(remaining))
+            log.warning(
+                "mns_token_refresh_failed", queue=self._queue, error=str(exc), remaining_s=round(remaining)
+            )
             self._refresh_at = now + min(5.0, remaining / 2)
             return keep_on_error.credentials
         self._token = token
@@ -221,6 +226,11 @@ class TokenCredentials:
         delay = refresh_delay(token, dt.datetime.fromtimestamp(now, dt.UTC))
         self._refresh_at = now + delay
         metrics.mns_token_refreshes.labels(self._queue, reason).inc()
-        log.info("mns_token_refreshed", queue=self._queue, reason=reason, expires=token.expires.isoformat(),
-                 refresh_in_s=round(delay, 1))
+        log.info(
+            "mns_token_refreshed",
+            queue=self._queue,
+            reason=reason,
+            expires=token.expires.isoformat(),
+            refresh_in_s=round(delay, 1),
+        )
         return token.credentials

@@ -153,10 +153,15 @@ def parse_messages(body: bytes | str) -> list[Message]:
             raise ValueError("a message lacks MessageId or ReceiptHandle")
         out.append(
             Message(
-                message_id=f["MessageId"], receipt_handle=f["ReceiptHandle"], body=f.get("MessageBody", ""),
-                body_md5=f.get("MessageBodyMD5", ""), enqueue_time=_int(f, "EnqueueTime"),
-                first_dequeue_time=_int(f, "FirstDequeueTime"), next_visible_time=_int(f, "NextVisibleTime"),
-                dequeue_count=_int(f, "DequeueCount") or 1, priority=_int(f, "Priority"),
+                message_id=f["MessageId"],
+                receipt_handle=f["ReceiptHandle"],
+                body=f.get("MessageBody", ""),
+                body_md5=f.get("MessageBodyMD5", ""),
+                enqueue_time=_int(f, "EnqueueTime"),
+                first_dequeue_time=_int(f, "FirstDequeueTime"),
+                next_visible_time=_int(f, "NextVisibleTime"),
+                dequeue_count=_int(f, "DequeueCount") or 1,
+                priority=_int(f, "Priority"),
             )
         )
     return out
@@ -182,8 +187,13 @@ def parse_delete_errors(body: bytes | str) -> list[MnsError]:
     out = []
     for elem in root:
         f = xml_fields(elem)
-        out.append(MnsError(code=f.get("ErrorCode", ""), message=f.get("ErrorMessage", ""),
-                            receipt_handle=f.get("ReceiptHandle", "")))
+        out.append(
+            MnsError(
+                code=f.get("ErrorCode", ""),
+                message=f.get("ErrorMessage", ""),
+                receipt_handle=f.get("ReceiptHandle", ""),
+            )
+        )
     return out
 
 
@@ -201,8 +211,9 @@ def parse_visibility(body: bytes | str) -> tuple[str, int]:
 def receipt_handles_xml(handles: Sequence[str]) -> bytes:
     """The BatchDeleteMessage body, as the SDKs write it."""
     items = "".join(f"<ReceiptHandle>{escape(h)}</ReceiptHandle>" for h in handles)
-    return (f'<?xml version="1.0" encoding="UTF-8"?><ReceiptHandles xmlns="{XMLNS}">{items}'
-            "</ReceiptHandles>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><ReceiptHandles xmlns="{XMLNS}">{items}</ReceiptHandles>'
+    ).encode()
 
 
 # ---- signing -----------------------------------------------------------------------------------------------
@@ -307,8 +318,12 @@ class MnsQueue:
         """BatchReceiveMessage; [] on `MessageNotExist` (an empty queue after the long poll)."""
         n = max(1, min(MAX_BATCH, max_messages))
         w = max(0, min(MAX_WAIT_S, wait_s))
-        status, body = await self._call("GET", f"{self._path}?numOfMessages={n}&waitseconds={w}",
-                                        timeout_s=w + self._timeout_s, op="receive")
+        status, body = await self._call(
+            "GET",
+            f"{self._path}?numOfMessages={n}&waitseconds={w}",
+            timeout_s=w + self._timeout_s,
+            op="receive",
+        )
         if status == 404:
             err = parse_error(body)
             if err is not None and err.code == "MessageNotExist":
@@ -326,12 +341,22 @@ class MnsQueue:
         for m in messages:
             if not m.md5_ok() and m.dequeue_count < MD5_PASS_AFTER:
                 # Corrupted in transit: let MNS deliver it again soon instead of dead-lettering good data.
-                log.warning("mns_body_md5_mismatch", queue=self.name, message_id=m.message_id,
-                            dequeue_count=m.dequeue_count)
+                log.warning(
+                    "mns_body_md5_mismatch",
+                    queue=self.name,
+                    message_id=m.message_id,
+                    dequeue_count=m.dequeue_count,
+                )
                 await self._release(m.receipt_handle)
                 continue
-            out.append(ports.QueueMessage(handle=m.receipt_handle, body=m.body, message_id=m.message_id,
-                                          dequeue_count=m.dequeue_count))
+            out.append(
+                ports.QueueMessage(
+                    handle=m.receipt_handle,
+                    body=m.body,
+                    message_id=m.message_id,
+                    dequeue_count=m.dequeue_count,
+                )
+            )
         return out
 
     async def _release(self, handle: str) -> None:
@@ -349,14 +374,15 @@ class MnsQueue:
             errors.PermanentError: the request was refused (AccessDenied, QueueNotExist, ...).
         """
         for start in range(0, len(handles), MAX_BATCH):
-            await self._delete_chunk(list(handles[start:start + MAX_BATCH]))
+            await self._delete_chunk(list(handles[start : start + MAX_BATCH]))
 
     async def _delete_chunk(self, handles: list[str]) -> None:
         body = receipt_handles_xml(handles)
         for attempt in range(1, self._delete_attempts + 1):
             try:
-                status, answer = await self._call("DELETE", self._path, body=body, timeout_s=self._timeout_s,
-                                                  op="delete")
+                status, answer = await self._call(
+                    "DELETE", self._path, body=body, timeout_s=self._timeout_s, op="delete"
+                )
             except errors.TransientError:
                 if attempt == self._delete_attempts:
                     raise
@@ -366,8 +392,12 @@ class MnsQueue:
                 return
             gone = self._handles_gone(status, answer)
             if gone is not None:
-                log.warning("mns_delete_handles_expired", queue=self.name, handles=len(gone),
-                            codes=sorted({e.code for e in gone}))
+                log.warning(
+                    "mns_delete_handles_expired",
+                    queue=self.name,
+                    handles=len(gone),
+                    codes=sorted({e.code for e in gone}),
+                )
                 return
             err = classify(status, answer, temporary=self._creds.temporary)
             if isinstance(err, errors.PermanentError) or attempt == self._delete_attempts:
@@ -399,8 +429,9 @@ class MnsQueue:
         except (ValueError, ET.ParseError) as exc:
             raise _unreadable(exc) from exc
 
-    async def _call(self, method: str, resource: str, *, timeout_s: float, op: str,
-                    body: bytes = b"") -> tuple[int, bytes]:
+    async def _call(
+        self, method: str, resource: str, *, timeout_s: float, op: str, body: bytes = b""
+    ) -> tuple[int, bytes]:
         """One signed request; with temporary credentials a 403 refreshes them and retries once."""
         creds = await self._creds.get()
         status, answer = await self._send(creds, method, resource, body, timeout_s, op)
@@ -422,10 +453,12 @@ class MnsQueue:
         try:
             # Without a body aiohttp would add its own Content-Type (PUT), which is then not what was signed.
             skip = () if body else ("Content-Type",)
-            async with self._session.request(method, url, data=body or None, headers=headers, timeout=timeout,
-                                             skip_auto_headers=skip) as resp:
+            async with self._session.request(
+                method, url, data=body or None, headers=headers, timeout=timeout, skip_auto_headers=skip
+            ) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             metrics.mns_requests.labels(op, "error").inc()
-            raise errors.TransientError(f"MNS {method} failed: {type(exc).__name__}: {exc}",
-                                        code="NetworkError") from exc
+            raise errors.TransientError(
+                f"MNS {method} failed: {type(exc).__name__}: {exc}", code="NetworkError"
+            ) from exc

@@ -100,7 +100,9 @@ def mns_string_to_sign(
     """VERB\\nContent-MD5\\nContent-Type\\nDate\\n + sorted x-mns-* headers + resource (path?query as sent)."""
     lowered = {k.lower(): v for k, v in headers.items()}
     mns_headers = "".join(f"{k}:{lowered[k]}\n" for k in sorted(lowered) if k.startswith("x-mns-"))
-    return f"{method.upper()}\n{content_md5}\n{content_type}\n{lowered.get('date', '')}\n{mns_headers}{resource}"
+    return (
+        f"{method.upper()}\n{content_md5}\n{content_type}\n{lowered.get('date', '')}\n{mns_headers}{resource}"
+    )
 
 
 def mns_authorization(*, access_key_id: str, secret: str, string_to_sign: str) -> str:

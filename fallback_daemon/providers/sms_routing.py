@@ -37,8 +37,9 @@ class SmsRouter:
             raise ValueError(f"no gateway for provider(s) {', '.join(missing)}")
         self._providers = dict(providers)
         self._default = default
-        self._prefixes = sorted(((k, p) for k, p in routes if not k.startswith(CHANNEL)),
-                                key=lambda kp: len(kp[0]), reverse=True)
+        self._prefixes = sorted(
+            ((k, p) for k, p in routes if not k.startswith(CHANNEL)), key=lambda kp: len(kp[0]), reverse=True
+        )
         self._channels = {k.removeprefix(CHANNEL): p for k, p in routes if k.startswith(CHANNEL)}
         # With a single provider the events name it; otherwise `pick` tells which one sent each SMS.
         self.name = self._providers[default].name if len(self._providers) == 1 else "router"
@@ -57,8 +58,9 @@ class SmsRouter:
 
     async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
         """Send through the provider routed by `To` (no channel here: prefix routes, then the default)."""
-        return await self.pick(to=to).send(fallback_id=fallback_id, to=to, text=text,
-                                           template_params=template_params)
+        return await self.pick(to=to).send(
+            fallback_id=fallback_id, to=to, text=text, template_params=template_params
+        )
 
 
 def used_providers(settings: config.Settings) -> set[str]:
@@ -80,11 +82,16 @@ def check(settings: config.Settings) -> None:
             problem = f"unknown channel {channel!r} (expected one of {expected})"
             raise errors.ConfigError("FALLBACK_SMS_ROUTES", problem)
     if "domestic" in used_providers(settings):
-        for var, value in (("FALLBACK_SMS_SIGN_NAME", settings.sms_sign_name),
-                           ("FALLBACK_SMS_TEMPLATE_CODE", settings.sms_template_code)):
+        for var, value in (
+            ("FALLBACK_SMS_SIGN_NAME", settings.sms_sign_name),
+            ("FALLBACK_SMS_TEMPLATE_CODE", settings.sms_template_code),
+        ):
             if not value:
-                raise errors.ConfigError(var, "required when the domestic provider (SendSms) is used "
-                                              "by FALLBACK_SMS_PROVIDER or FALLBACK_SMS_ROUTES")
+                raise errors.ConfigError(
+                    var,
+                    "required when the domestic provider (SendSms) is used "
+                    "by FALLBACK_SMS_PROVIDER or FALLBACK_SMS_ROUTES",
+                )
 
 
 async def build(
@@ -105,22 +112,32 @@ async def build(
     wanted = used_providers(settings)
     providers: dict[str, ports.SmsGateway] = {}
     if "globe" in wanted:
-        providers["globe"] = alibaba_sms.GlobeSms(alibaba(settings.sms_endpoint, alibaba_sms.VERSION),
-                                                  sender=settings.sms_from)
+        providers["globe"] = alibaba_sms.GlobeSms(
+            alibaba(settings.sms_endpoint, alibaba_sms.VERSION), sender=settings.sms_from
+        )
     if "domestic" in wanted:
         providers["domestic"] = alibaba_sms.DomesticSms(
             alibaba(domestic_endpoint, alibaba_sms.DOMESTIC_VERSION),
-            sign_name=settings.sms_sign_name, template_code=settings.sms_template_code,
+            sign_name=settings.sms_sign_name,
+            template_code=settings.sms_template_code,
             param_map=None if settings.sms_template_param is None else dict(settings.sms_template_param),
         )
     if "sns" in wanted:
         # One attempt per call: a publish that timed out is ambiguous and is never repeated silently.
         client = await aws.open_client(
-            stack, aws_session, "sns", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url,
-            config=aws.client_config(connect_timeout_s=min(3.0, settings.send_timeout_s),
-                                     read_timeout_s=settings.send_timeout_s, attempts=1,
-                                     pool=settings.send_concurrency),
+            stack,
+            aws_session,
+            "sns",
+            region=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
+            config=aws.client_config(
+                connect_timeout_s=min(3.0, settings.send_timeout_s),
+                read_timeout_s=settings.send_timeout_s,
+                attempts=1,
+                pool=settings.send_concurrency,
+            ),
         )
-        providers["sns"] = sns.SnsSms(client, sender_id=settings.sns_sender_id,
-                                      sms_type=settings.sns_sms_type)
+        providers["sns"] = sns.SnsSms(
+            client, sender_id=settings.sns_sender_id, sms_type=settings.sns_sms_type
+        )
     return SmsRouter(providers, default=settings.sms_provider, routes=settings.sms_routes)

@@ -17,7 +17,7 @@ SMS_TYPES = ("Transactional", "Promotional")
 
 
 def e164(to: str) -> str:
-    """"6591234567" or "+6591234567" → "+6591234567".
+    """ "6591234567" or "+6591234567" → "+6591234567".
 
     Raises:
         errors.PermanentError: not a phone number with its country code.
@@ -69,8 +69,9 @@ class SnsSms:
             raise errors.PermanentError("no fallback text to send through SNS", code="EmptyMessage")
         phone = e164(to)
         async with aws.map_errors(sent_is_ambiguous=True):
-            response = await self._client.publish(PhoneNumber=phone, Message=text,
-                                                  MessageAttributes=self.attributes(fallback_id))
+            response = await self._client.publish(
+                PhoneNumber=phone, Message=text, MessageAttributes=self.attributes(fallback_id)
+            )
         message_id = response.get("MessageId")
         if not message_id:
             raise errors.AmbiguousError("Publish answered without a MessageId", code="NoMessageId")

@@ -95,7 +95,7 @@ class SqsQueue:
         """
         failed: list[dict[str, Any]] = []
         for start in range(0, len(handles), MAX_MESSAGES):
-            chunk = handles[start:start + MAX_MESSAGES]
+            chunk = handles[start : start + MAX_MESSAGES]
             async with aws.map_errors(sent_is_ambiguous=False):
                 response = await self._client.delete_message_batch(
                     QueueUrl=self.queue_url,
@@ -104,7 +104,10 @@ class SqsQueue:
             failed.extend(response.get("Failed") or ())
         if failed:
             log.warning(
-                "sqs_delete_partially_failed", queue=self.name, failed=len(failed), total=len(handles),
+                "sqs_delete_partially_failed",
+                queue=self.name,
+                failed=len(failed),
+                total=len(handles),
                 codes=sorted({str(f.get("Code") or "") for f in failed}),
                 sender_fault=any(bool(f.get("SenderFault")) for f in failed),
             )
@@ -114,14 +117,28 @@ async def open_queues(
     settings: config.Settings, *, stack: contextlib.AsyncExitStack, session: AioSession
 ) -> list[SqsQueue]:
     """The configured SQS receipt queues (none without a queue URL), sharing one client closed by `stack`."""
-    wanted = [(url, kind) for url, kind in ((settings.sqs_chatapp_queue_url, model.ReceiptKind.CHATAPP),
-                                            (settings.sqs_sms_queue_url, model.ReceiptKind.SMS)) if url]
+    wanted = [
+        (url, kind)
+        for url, kind in (
+            (settings.sqs_chatapp_queue_url, model.ReceiptKind.CHATAPP),
+            (settings.sqs_sms_queue_url, model.ReceiptKind.SMS),
+        )
+        if url
+    ]
     if not wanted:
         return []
     client = await aws.open_client(
-        stack, session, "sqs", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url,
+        stack,
+        session,
+        "sqs",
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
         # The read timeout must outlast the long poll; receive and delete are safe to repeat.
-        config=aws.client_config(connect_timeout_s=5.0, read_timeout_s=settings.sqs_wait_s + 10.0, attempts=3,
-                                 pool=settings.sqs_pollers * len(wanted) + 2),
+        config=aws.client_config(
+            connect_timeout_s=5.0,
+            read_timeout_s=settings.sqs_wait_s + 10.0,
+            attempts=3,
+            pool=settings.sqs_pollers * len(wanted) + 2,
+        ),
     )
     return [SqsQueue(client, queue_url=url, kind=kind) for url, kind in wanted]

@@ -20,7 +20,12 @@ ACTION = "QueryTokenForMnsQueue"
 VERSIONS = ("2017-05-25", "2018-05-01")
 PRODUCT = "Dybaseapi"
 SIGNED_PARAMS = (
-    "AccessKeyId", "Signature", "SignatureMethod", "SignatureVersion", "SignatureNonce", "Timestamp",
+    "AccessKeyId",
+    "Signature",
+    "SignatureMethod",
+    "SignatureVersion",
+    "SignatureNonce",
+    "Timestamp",
 )
 
 
@@ -53,14 +58,20 @@ async def rpc_entry(request: web.Request) -> web.Response:
         return _error(request, 400, "InvalidParameter.QueueName", f"No Alicom queue {queue} here.")
     token = state.tokens.issue(queue)
     state.journal.stats.mns_tokens_issued += 1
-    return replies.reply({
-        "RequestId": replies.request_id(), "Code": "OK", "Message": "OK",
-        "MessageTokenDTO": {
-            "AccessKeyId": token.access_key_id, "AccessKeySecret": token.access_key_secret,
-            "SecurityToken": token.security_token, "CreateTime": mnsauth.beijing(token.created_at),
-            "ExpireTime": mnsauth.beijing(token.expires_at),
-        },
-    })
+    return replies.reply(
+        {
+            "RequestId": replies.request_id(),
+            "Code": "OK",
+            "Message": "OK",
+            "MessageTokenDTO": {
+                "AccessKeyId": token.access_key_id,
+                "AccessKeySecret": token.access_key_secret,
+                "SecurityToken": token.security_token,
+                "CreateTime": mnsauth.beijing(token.created_at),
+                "ExpireTime": mnsauth.beijing(token.expires_at),
+            },
+        }
+    )
 
 
 def _verify(
@@ -69,8 +80,12 @@ def _verify(
     """Signature V1 as the POP gateway checks it: params present, key known, timestamp fresh, nonce new."""
     missing = [p for p in SIGNED_PARAMS if not params.get(p)]
     if missing:
-        return _error(request, 400, "IncompleteSignature", f"The request signature does not conform to "
-                      f"Aliyun standards: missing {', '.join(missing)}.")
+        return _error(
+            request,
+            400,
+            "IncompleteSignature",
+            f"The request signature does not conform to Aliyun standards: missing {', '.join(missing)}.",
+        )
     if params["SignatureMethod"] != "HMAC-SHA1" or params["SignatureVersion"] != "1.0":
         return _error(request, 400, "IncompleteSignature", "SignatureMethod must be HMAC-SHA1, version 1.0.")
     config = state.config
@@ -87,8 +102,12 @@ def _verify(
     if not hmac.compare_digest(expected, params["Signature"]):
         signed = {k: v for k, v in params.items() if k != "Signature"}
         sts = f"{request.method}&%2F&{signing.percent_encode(signing.canonical_query(signed))}"
-        return _error(request, 400, "SignatureDoesNotMatch",
-                      f"Specified signature does not match our calculation. server string to sign is:{sts}")
+        return _error(
+            request,
+            400,
+            "SignatureDoesNotMatch",
+            f"Specified signature does not match our calculation. server string to sign is:{sts}",
+        )
     if not state.rpc_nonces.use(params["SignatureNonce"], now, config.max_skew_s):
         return _error(request, 400, "SignatureNonceUsed")
     return None

@@ -37,23 +37,33 @@ def _reply(request: web.Request, status: int, body: str | None = None) -> web.Re
     headers = {"x-mns-request-id": replies.request_id(), "x-mns-version": mns_provider.API_VERSION}
     if body is None:
         return web.Response(status=status, headers=headers)
-    return web.Response(status=status, body=body.encode(), headers=headers, content_type="text/xml",
-                        charset="utf-8")
+    return web.Response(
+        status=status, body=body.encode(), headers=headers, content_type="text/xml", charset="utf-8"
+    )
 
 
 def error(request: web.Request, status: int, code: str, message: str) -> web.Response:
     """The MNS `<Error>` body."""
-    inner = _elements([("Code", code), ("Message", message), ("RequestId", replies.request_id()),
-                       ("HostId", request.host)])
+    inner = _elements(
+        [("Code", code), ("Message", message), ("RequestId", replies.request_id()), ("HostId", request.host)]
+    )
     return _reply(request, status, _xml("Error", inner))
 
 
 def _message_xml(d: mnsqueue.Delivery) -> str:
-    return _elements([
-        ("MessageId", d.message_id), ("ReceiptHandle", d.handle), ("MessageBodyMD5", d.body_md5),
-        ("MessageBody", d.body), ("EnqueueTime", d.enqueue_ms), ("FirstDequeueTime", d.first_dequeue_ms),
-        ("NextVisibleTime", d.next_visible_ms), ("DequeueCount", d.dequeue_count), ("Priority", d.priority),
-    ])
+    return _elements(
+        [
+            ("MessageId", d.message_id),
+            ("ReceiptHandle", d.handle),
+            ("MessageBodyMD5", d.body_md5),
+            ("MessageBody", d.body),
+            ("EnqueueTime", d.enqueue_ms),
+            ("FirstDequeueTime", d.first_dequeue_ms),
+            ("NextVisibleTime", d.next_visible_ms),
+            ("DequeueCount", d.dequeue_count),
+            ("Priority", d.priority),
+        ]
+    )
 
 
 def _int_arg(query: dict[str, str], name: str, default: int, low: int, high: int) -> int | str:
@@ -75,8 +85,9 @@ async def messages(request: web.Request) -> web.Response:
     body = await request.read()
     if len(body) > MAX_BODY:
         return error(request, 400, "InvalidArgument", f"The body must be at most {MAX_BODY} bytes.")
-    denial = state.mns_verifier.verify(method=request.method, resource=request.raw_path,
-                                       headers=request.headers, body=body, queue=name)
+    denial = state.mns_verifier.verify(
+        method=request.method, resource=request.raw_path, headers=request.headers, body=body, queue=name
+    )
     if denial is not None:
         stats.mns_auth_failures += 1
         stats.mns_token_denials += denial.token
@@ -144,8 +155,12 @@ def _change_visibility(request: web.Request, queue: mnsqueue.Queue, query: dict[
     if not handle:
         return error(request, 400, "MissingReceiptHandle", "ReceiptHandle is missing.")
     if isinstance(timeout, str) or timeout < 0:
-        return error(request, 400, "MissingVisibilityTimeout" if timeout == -1 else "InvalidArgument",
-                     str(timeout) if isinstance(timeout, str) else "VisibilityTimeout is missing.")
+        return error(
+            request,
+            400,
+            "MissingVisibilityTimeout" if timeout == -1 else "InvalidArgument",
+            str(timeout) if isinstance(timeout, str) else "VisibilityTimeout is missing.",
+        )
     result = queue.change_visibility(handle, timeout)
     if isinstance(result, str):
         return _handle_error(request, result)
@@ -159,7 +174,10 @@ def _handle_error(request: web.Request, code: str) -> web.Response:
 
 
 async def _delete(
-    request: web.Request, state: state_mod.SandboxState, queue: mnsqueue.Queue, query: dict[str, str],
+    request: web.Request,
+    state: state_mod.SandboxState,
+    queue: mnsqueue.Queue,
+    query: dict[str, str],
     body: bytes,
 ) -> web.Response:
     if body:
@@ -211,8 +229,12 @@ async def _stall(request: web.Request, state: state_mod.SandboxState) -> None:
 
 
 def _view(state: state_mod.SandboxState) -> dict[str, object]:
-    return {"delivery": state.delivery, "queues": state.mns.counts(), "stall_deletes": state.stall_deletes,
-            "token_ttl_s": state.tokens.ttl_s}
+    return {
+        "delivery": state.delivery,
+        "queues": state.mns.counts(),
+        "stall_deletes": state.stall_deletes,
+        "token_ttl_s": state.tokens.ttl_s,
+    }
 
 
 async def control(request: web.Request) -> web.Response:

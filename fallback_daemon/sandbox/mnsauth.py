@@ -53,8 +53,11 @@ class Tokens:
         # Whole seconds: ExpireTime has second precision, and the sandbox enforces exactly what it printed.
         created = int(self._clock())
         token = Token(
-            access_key_id=f"STS.{secrets.token_hex(12)}", access_key_secret=secrets.token_urlsafe(24),
-            security_token=secrets.token_urlsafe(48), queue=queue, created_at=created,
+            access_key_id=f"STS.{secrets.token_hex(12)}",
+            access_key_secret=secrets.token_urlsafe(24),
+            security_token=secrets.token_urlsafe(48),
+            queue=queue,
+            created_at=created,
             expires_at=created + self.ttl_s,
         )
         self._by_key[token.access_key_id] = token
@@ -107,7 +110,12 @@ class Verifier:
     """Checks one MNS request against the static key and the issued tokens."""
 
     def __init__(
-        self, *, access_key_id: str, access_key_secret: str, tokens: Tokens, max_skew_s: int,
+        self,
+        *,
+        access_key_id: str,
+        access_key_secret: str,
+        tokens: Tokens,
+        max_skew_s: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._static = (access_key_id, access_key_secret)
@@ -130,8 +138,11 @@ class Verifier:
         scheme, _, credential = auth.partition(" ")
         ak, sep, given = credential.partition(":")
         if scheme != "MNS" or not sep or not ak or not given:
-            return Denial(status=400, code="InvalidAuthorizationHeader",
-                          message="Authorization must be 'MNS AccessKeyId:Signature'.")
+            return Denial(
+                status=400,
+                code="InvalidAuthorizationHeader",
+                message="Authorization must be 'MNS AccessKeyId:Signature'.",
+            )
         if not headers.get("x-mns-version"):
             return Denial(status=400, code="MissingVersionHeader", message="x-mns-version header is missing.")
         denial = self._check_date(headers.get("Date", ""))
@@ -144,13 +155,19 @@ class Verifier:
         if secret is None:
             return Denial(status=403, code="InvalidAccessKeyId", message="The access key id does not exist.")
         string_to_sign = signing.mns_string_to_sign(
-            method=method, resource=resource, headers=headers, content_md5=md5,
+            method=method,
+            resource=resource,
+            headers=headers,
+            content_md5=md5,
             content_type=headers.get("Content-Type", ""),
         )
         expected = signing.mns_authorization(access_key_id=ak, secret=secret, string_to_sign=string_to_sign)
         if not hmac.compare_digest(expected, auth):
-            return Denial(status=403, code="SignatureDoesNotMatch",
-                          message=f"The request signature does not match. StringToSign: {string_to_sign!r}")
+            return Denial(
+                status=403,
+                code="SignatureDoesNotMatch",
+                message=f"The request signature does not match. StringToSign: {string_to_sign!r}",
+            )
         return self._check_scope(token, headers.get("security-token", ""), queue)
 
     def _check_date(self, value: str) -> Denial | None:
@@ -163,8 +180,12 @@ class Verifier:
         if stamp is None or stamp.tzinfo is None:
             return Denial(status=400, code="InvalidDateHeader", message="Date must be an RFC 1123 GMT date.")
         if abs(self._clock() - stamp.timestamp()) > self._max_skew_s:
-            return Denial(status=408, code="TimeExpired", message=f"The http request you sent is expired "
-                          f"(Date differs from the server time by more than {self._max_skew_s} s).")
+            return Denial(
+                status=408,
+                code="TimeExpired",
+                message=f"The http request you sent is expired "
+                f"(Date differs from the server time by more than {self._max_skew_s} s).",
+            )
         return None
 
     def _secret_for(self, ak: str) -> tuple[str | None, Token | None]:
@@ -176,15 +197,26 @@ class Verifier:
     def _check_scope(self, token: Token | None, security_token: str, queue: str) -> Denial | None:
         if token is None:
             if queue.startswith(ALICOM_PREFIX):
-                return Denial(status=403, code="AccessDenied",
-                              message="Alicom queues are read with QueryTokenForMnsQueue credentials.")
+                return Denial(
+                    status=403,
+                    code="AccessDenied",
+                    message="Alicom queues are read with QueryTokenForMnsQueue credentials.",
+                )
             return None
         if not hmac.compare_digest(security_token, token.security_token):
-            return Denial(status=403, code="AccessDenied", token=True,
-                          message="The security token is missing or invalid.")
+            return Denial(
+                status=403,
+                code="AccessDenied",
+                token=True,
+                message="The security token is missing or invalid.",
+            )
         if self._tokens.expired(token):
-            return Denial(status=403, code="SecurityTokenExpired",
-                          message="The security token you provided has expired.", token=True)
+            return Denial(
+                status=403,
+                code="SecurityTokenExpired",
+                message="The security token you provided has expired.",
+                token=True,
+            )
         if token.queue != queue:
             return Denial(status=403, code="AccessDenied", message=f"The token is for queue {token.queue}.")
         return None

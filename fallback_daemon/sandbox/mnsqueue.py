@@ -63,7 +63,11 @@ class Queue:
     """One queue. `receive` long-polls; everything else is synchronous (one event loop, no locks needed)."""
 
     def __init__(
-        self, name: str, *, visibility_timeout_s: int, stats: Callable[[], journal_mod.Stats],
+        self,
+        name: str,
+        *,
+        visibility_timeout_s: int,
+        stats: Callable[[], journal_mod.Stats],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -91,8 +95,12 @@ class Queue:
     def send(self, body: str, *, delay_s: int = 0, priority: int = DEFAULT_PRIORITY) -> StoredMessage:
         now = self._now_ms()
         msg = StoredMessage(
-            message_id=secrets.token_hex(16).upper(), body=body, body_md5=body_md5(body), priority=priority,
-            enqueue_ms=now, next_visible_ms=now + delay_s * 1000,
+            message_id=secrets.token_hex(16).upper(),
+            body=body,
+            body_md5=body_md5(body),
+            priority=priority,
+            enqueue_ms=now,
+            next_visible_ms=now + delay_s * 1000,
         )
         self._messages[msg.message_id] = msg
         if delay_s:
@@ -148,11 +156,19 @@ class Queue:
             if msg.dequeue_count > 1:
                 stats.mns_redelivered += 1
             assert msg.handle is not None
-            out.append(Delivery(
-                message_id=msg.message_id, handle=msg.handle, body=msg.body, body_md5=msg.body_md5,
-                enqueue_ms=msg.enqueue_ms, first_dequeue_ms=msg.first_dequeue_ms,
-                next_visible_ms=msg.next_visible_ms, dequeue_count=msg.dequeue_count, priority=msg.priority,
-            ))
+            out.append(
+                Delivery(
+                    message_id=msg.message_id,
+                    handle=msg.handle,
+                    body=msg.body,
+                    body_md5=msg.body_md5,
+                    enqueue_ms=msg.enqueue_ms,
+                    first_dequeue_ms=msg.first_dequeue_ms,
+                    next_visible_ms=msg.next_visible_ms,
+                    dequeue_count=msg.dequeue_count,
+                    priority=msg.priority,
+                )
+            )
         return out
 
     def _hide(self, msg: StoredMessage, until_ms: int) -> None:
@@ -204,7 +220,11 @@ class Broker:
     """Every sandbox queue by name, and the feed of reports into them."""
 
     def __init__(
-        self, names: list[str], *, visibility_timeout_s: int, stats: Callable[[], journal_mod.Stats],
+        self,
+        names: list[str],
+        *,
+        visibility_timeout_s: int,
+        stats: Callable[[], journal_mod.Stats],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._stats = stats

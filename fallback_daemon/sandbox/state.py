@@ -27,26 +27,41 @@ class SandboxState:
         self.delivery = config.receipt_delivery
         self.mns = mnsqueue.Broker(
             [config.chatapp_queue, config.sms_queue, *config.mns_extra_queues],
-            visibility_timeout_s=config.mns_visibility_timeout_s, stats=lambda: self.journal.stats,
+            visibility_timeout_s=config.mns_visibility_timeout_s,
+            stats=lambda: self.journal.stats,
         )
         self.tokens = mnsauth.Tokens(ttl_s=config.mns_token_ttl_s)
         self.mns_verifier = mnsauth.Verifier(
-            access_key_id=config.access_key_id, access_key_secret=config.access_key_secret,
-            tokens=self.tokens, max_skew_s=config.max_skew_s,
+            access_key_id=config.access_key_id,
+            access_key_secret=config.access_key_secret,
+            tokens=self.tokens,
+            max_skew_s=config.max_skew_s,
         )
         self.rpc_nonces = mnsauth.Nonces()
         self.stall_deletes = 0  # the next N delete requests are held unanswered (test knob)
         self.chat_pusher = pusher.Pusher(
-            name="chatapp", url=lambda: self.callbacks.chatapp, config=config, journal=self.journal,
-            mns=self.mns.feed(config.chatapp_queue), delivery=lambda: self.delivery,
+            name="chatapp",
+            url=lambda: self.callbacks.chatapp,
+            config=config,
+            journal=self.journal,
+            mns=self.mns.feed(config.chatapp_queue),
+            delivery=lambda: self.delivery,
         )
         self.sms_pusher = pusher.Pusher(
-            name="sms", url=lambda: self.callbacks.sms, config=config, journal=self.journal,
-            mns=self.mns.feed(config.sms_queue), delivery=lambda: self.delivery,
+            name="sms",
+            url=lambda: self.callbacks.sms,
+            config=config,
+            journal=self.journal,
+            mns=self.mns.feed(config.sms_queue),
+            delivery=lambda: self.delivery,
         )
         self.sms_domestic_pusher = pusher.Pusher(
-            name="sms_domestic", url=self.callbacks.domestic_url, config=config, journal=self.journal,
-            mns=self.mns.feed(config.sms_queue), delivery=lambda: self.delivery,
+            name="sms_domestic",
+            url=self.callbacks.domestic_url,
+            config=config,
+            journal=self.journal,
+            mns=self.mns.feed(config.sms_queue),
+            delivery=lambda: self.delivery,
         )
         self.producer = receipts.Producer(
             config=config,

@@ -36,7 +36,11 @@ def check_bearer(request: web.Request) -> None:
     if not header and request.method in ("GET", "HEAD") and expected and UI_COOKIE in request.cookies:
         scheme, token = "bearer", request.cookies[UI_COOKIE]
         expected = ui_session(expected)
-    if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+    if (
+        not expected
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(token.encode(), expected.encode())
+    ):
         raise web.HTTPUnauthorized(
             text=json.dumps({"error": {"message": "missing or wrong bearer token"}}),
             content_type="application/json",

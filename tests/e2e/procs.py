@@ -32,7 +32,9 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def process(name: str, args: list[str], env: Mapping[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+async def process(
+    name: str, args: list[str], env: Mapping[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run `python -m fallback_daemon <args>`; its output goes to tests/artifacts/<name>.log; SIGTERM on exit."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = (ARTIFACTS / f"{name}.log").open("wb")

@@ -10,8 +10,13 @@ from tests.e2e import procs
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "fallback_daemon", *args], env=env, capture_output=True, text=True, timeout=120,
-        cwd=procs.ROOT, check=False,
+        [sys.executable, "-m", "fallback_daemon", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=procs.ROOT,
+        check=False,
     )
 
 
@@ -24,18 +29,26 @@ def test_run_without_credentials_refuses(db_dsn: str) -> None:
 
 def test_bad_setting_names_the_variable(db_dsn: str) -> None:
     """A malformed setting fails start-up naming the variable."""
-    result = run_cli("run", "--sandbox", env=procs.clean_env({"DATABASE_URL": db_dsn, "FALLBACK_HTTP_PORT": "x"}))
+    result = run_cli(
+        "run", "--sandbox", env=procs.clean_env({"DATABASE_URL": db_dsn, "FALLBACK_HTTP_PORT": "x"})
+    )
     assert result.returncode == 2
     assert "FALLBACK_HTTP_PORT" in result.stderr
 
 
 def test_timer_scale_refused_outside_the_sandbox(db_dsn: str) -> None:
     """The sandbox-only timer scale is refused for a real run."""
-    env = procs.clean_env({
-        "DATABASE_URL": db_dsn, "FALLBACK_SANDBOX_TIMER_SCALE": "0.1", "ALIBABA_CLOUD_ACCESS_KEY_ID": "a",
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "b", "FALLBACK_RECEIPT_TOKEN": "r" * 20, "FALLBACK_API_TOKEN": "a" * 20,
-        "FALLBACK_SMS_FROM": "X",
-    })
+    env = procs.clean_env(
+        {
+            "DATABASE_URL": db_dsn,
+            "FALLBACK_SANDBOX_TIMER_SCALE": "0.1",
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": "a",
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "b",
+            "FALLBACK_RECEIPT_TOKEN": "r" * 20,
+            "FALLBACK_API_TOKEN": "a" * 20,
+            "FALLBACK_SMS_FROM": "X",
+        }
+    )
     result = run_cli("run", env=env)
     assert result.returncode == 2
     assert "FALLBACK_SANDBOX_TIMER_SCALE" in result.stderr

@@ -21,15 +21,32 @@ RECEIPT_TOKEN = "e2e-receipt-token-0123456789"
 RULES = ("undelivered", "sentFailed", "unread")
 N = 360
 # last digit of To -> sandbox outcome
-OUTCOME = {0: "read", 1: "read", 2: "read", 3: "delivered", 4: "delivered", 5: "failed", 6: "silent",
-           7: "late", 8: "rejected", 9: "early"}
+OUTCOME = {
+    0: "read",
+    1: "read",
+    2: "read",
+    3: "delivered",
+    4: "delivered",
+    5: "failed",
+    6: "silent",
+    7: "late",
+    8: "rejected",
+    9: "early",
+}
 
 
 def body(i: int) -> dict[str, Any]:
     return {
-        "ChannelType": "whatsapp", "Type": "template", "TemplateCode": "order_shipped", "Language": "en",
-        "From": "6580000000", "To": f"65{i:08d}", "TemplateParams": {"order": str(i)},
-        "FallBackContent": f"order {i} shipped", "FallBackDuration": 60, "FallBackRule": RULES[(i // 10) % 3],
+        "ChannelType": "whatsapp",
+        "Type": "template",
+        "TemplateCode": "order_shipped",
+        "Language": "en",
+        "From": "6580000000",
+        "To": f"65{i:08d}",
+        "TemplateParams": {"order": str(i)},
+        "FallBackContent": f"order {i} shipped",
+        "FallBackDuration": 60,
+        "FallBackRule": RULES[(i // 10) % 3],
     }
 
 
@@ -41,12 +58,19 @@ def expected(i: int) -> dict[str, Any]:
         fire = "failed_receipt"
     elif outcome == "rejected":
         fire = "send_failed"
-    elif outcome == "delivered" and rule == "unread":
+    elif (outcome == "delivered" and rule == "unread") or (
+        outcome in ("silent", "late") and rule != "sentFailed"
+    ):
         fire = "timeout"
-    elif outcome in ("silent", "late") and rule != "sentFailed":
-        fire = "timeout"
-    chat = {"read": "read", "early": "read", "delivered": "delivered", "failed": "failed", "silent": "sent",
-            "late": "delivered", "rejected": "send_failed"}[outcome]
+    chat = {
+        "read": "read",
+        "early": "read",
+        "delivered": "delivered",
+        "failed": "failed",
+        "silent": "sent",
+        "late": "delivered",
+        "rejected": "send_failed",
+    }[outcome]
     return {
         "fire": fire,
         "chat": chat,
@@ -70,16 +94,37 @@ async def test_end_to_end_mixed_outcomes(db_dsn: str) -> None:
     sb_url, d_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{d_port}"
     receipts = f"{d_url}/receipts/{RECEIPT_TOKEN}"
     sandbox_args = [
-        "sandbox", "--port", str(sb_port), "--chatapp-callback", f"{receipts}/chatapp",
-        "--sms-callback", f"{receipts}/sms", "--duplicate-rate", "0.3", "--omit-task-id-rate", "0.2",
-        "--reorder", "--access-key-id", procs.SANDBOX_AK, "--access-key-secret", procs.SANDBOX_SK,
+        "sandbox",
+        "--port",
+        str(sb_port),
+        "--chatapp-callback",
+        f"{receipts}/chatapp",
+        "--sms-callback",
+        f"{receipts}/sms",
+        "--duplicate-rate",
+        "0.3",
+        "--omit-task-id-rate",
+        "0.2",
+        "--reorder",
+        "--access-key-id",
+        procs.SANDBOX_AK,
+        "--access-key-secret",
+        procs.SANDBOX_SK,
     ]
-    daemon_env = procs.clean_env({
-        "DATABASE_URL": db_dsn, "FALLBACK_HTTP_PORT": str(d_port), "FALLBACK_API_TOKEN": API_TOKEN,
-        "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN, "ALIBABA_CLOUD_ACCESS_KEY_ID": procs.SANDBOX_AK,
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": procs.SANDBOX_SK, "FALLBACK_CAMS_ENDPOINT": sb_url,
-        "FALLBACK_SMS_ENDPOINT": sb_url, "FALLBACK_SMS_FROM": "E2E", "FALLBACK_LOG_FORMAT": "json",
-    })
+    daemon_env = procs.clean_env(
+        {
+            "DATABASE_URL": db_dsn,
+            "FALLBACK_HTTP_PORT": str(d_port),
+            "FALLBACK_API_TOKEN": API_TOKEN,
+            "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN,
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": procs.SANDBOX_AK,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": procs.SANDBOX_SK,
+            "FALLBACK_CAMS_ENDPOINT": sb_url,
+            "FALLBACK_SMS_ENDPOINT": sb_url,
+            "FALLBACK_SMS_FROM": "E2E",
+            "FALLBACK_LOG_FORMAT": "json",
+        }
+    )
     async with (
         procs.process("e2e-sandbox", sandbox_args, procs.clean_env({})) as sb,
         procs.process("e2e-daemon", ["run"], daemon_env) as daemon,
@@ -114,7 +159,9 @@ async def submit(http: aiohttp.ClientSession, d_url: str) -> dict[str, int]:
     return ids
 
 
-async def run_phases(conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: str, ids: dict[str, int]) -> None:
+async def run_phases(
+    conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: str, ids: dict[str, int]
+) -> None:
     # Phase 1: sends and immediate receipts settle (no timer has run: they are 60 s out).
     behind: Counter[tuple[str, str, str, str]] = Counter()
 
@@ -140,7 +187,9 @@ async def run_phases(conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_u
         raise AssertionError(f"not settled: {behind.most_common(10)}") from None
     assert await conn.fetchval("SELECT count(*) FROM messages WHERE fallback_state='firing'") == 0
     # Phase 2: drive time through the database: every armed timer is now due.
-    await conn.execute("UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL")
+    await conn.execute(
+        "UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL"
+    )
 
     async def timers_done() -> bool:
         return not await conn.fetchval(
@@ -161,8 +210,12 @@ async def run_phases(conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_u
     await eventually(late_applied, "late receipts to apply")
 
 
-async def check(conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: str, ids: dict[str, int]) -> None:
-    rows = await conn.fetch("SELECT id::text, chat_state, fallback_state, fire_reason, double_delivered FROM messages")
+async def check(
+    conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: str, ids: dict[str, int]
+) -> None:
+    rows = await conn.fetch(
+        "SELECT id::text, chat_state, fallback_state, fire_reason, double_delivered FROM messages"
+    )
     async with http.get(f"{sb_url}/sandbox/journal") as r:
         journal = await r.json()
     sms_sends = {ref: e["sends"] for ref, e in journal["sms"].items()}
@@ -184,7 +237,10 @@ async def check(conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: s
     assert sum(sms_sends.values()) == sum(1 for i in range(N) if expected(i)["fire"])
     # duplicates were pushed, stored once, and never applied twice
     pushed = Counter(
-        (rep["message_id"], rep["status"]) for e in journal["chat"].values() for rep in e["reports"] if rep["posted"]
+        (rep["message_id"], rep["status"])
+        for e in journal["chat"].values()
+        for rep in e["reports"]
+        if rep["posted"]
     )
     assert any(n > 1 for n in pushed.values()), "the sandbox should have pushed duplicates"
     stored = await conn.fetchval("SELECT count(*) FROM receipts WHERE kind = 'chatapp'")
@@ -194,4 +250,6 @@ async def check(conn: asyncpg.Connection, http: aiohttp.ClientSession, sb_url: s
         "WHERE kind = 'chat_receipt' GROUP BY 1, 2 HAVING count(*) > 1) d"
     )
     assert applied_twice == 0
-    assert await conn.fetchval("SELECT count(*) FROM receipts WHERE kind='chatapp' AND applied_at IS NULL") == 0
+    assert (
+        await conn.fetchval("SELECT count(*) FROM receipts WHERE kind='chatapp' AND applied_at IS NULL") == 0
+    )

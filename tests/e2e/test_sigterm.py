@@ -60,18 +60,29 @@ async def slow_sandbox(port: int, receipts_url: str) -> AsyncIterator[asyncio.su
         "port": port,
         "latency_s": CALL_LATENCY_S,
         "config": {
-            "access_key_id": procs.SANDBOX_AK, "access_key_secret": procs.SANDBOX_SK,
-            "chatapp_callback_url": f"{receipts_url}/chatapp", "sms_callback_url": f"{receipts_url}/sms",
-            "duplicate_rate": 0.3, "omit_task_id_rate": 0.2, "reorder": True,
+            "access_key_id": procs.SANDBOX_AK,
+            "access_key_secret": procs.SANDBOX_SK,
+            "chatapp_callback_url": f"{receipts_url}/chatapp",
+            "sms_callback_url": f"{receipts_url}/sms",
+            "duplicate_rate": 0.3,
+            "omit_task_id_rate": 0.2,
+            "reorder": True,
             "receipt_delay_ms": [100, 1500],
             # a push that finds the daemon stopped is retried for minutes (0.25 s doubling, 10 times)
-            "push_retries": 10, "push_backoff_s": 0.25,
+            "push_retries": 10,
+            "push_backoff_s": 0.25,
         },
     }
     procs.ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = (procs.ARTIFACTS / "sigterm-sandbox.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SLOW_SANDBOX, json.dumps(spec), env=procs.clean_env({}), stdout=log, stderr=log,
+        sys.executable,
+        "-c",
+        SLOW_SANDBOX,
+        json.dumps(spec),
+        env=procs.clean_env({}),
+        stdout=log,
+        stderr=log,
         cwd=procs.ROOT,
     )
     try:
@@ -126,12 +137,14 @@ WHERE fallback_state = 'armed' AND due_at IS NOT NULL AND chat_state = 'sent' AN
 """
 
 
-async def terminate_mid_run(conn: asyncpg.Connection, daemon: asyncio.subprocess.Process, d_url: str,
-                            ids: dict[str, int]) -> tuple[dict[str, int], float]:
+async def terminate_mid_run(
+    conn: asyncpg.Connection, daemon: asyncio.subprocess.Process, d_url: str, ids: dict[str, int]
+) -> tuple[dict[str, int], float]:
     """Wait until a third has been sent, make the sent timer fallbacks due, SIGTERM while calls are in flight.
 
     Returns what was in flight at the signal and how long the daemon took to exit.
     """
+
     async def third_sent() -> bool:
         return await _at_least(conn, "chat_state NOT IN ('accepted', 'sending')", e2e.N // 3)
 
@@ -142,8 +155,9 @@ async def terminate_mid_run(conn: asyncpg.Connection, daemon: asyncio.subprocess
     # Only messages whose expected fate is a timeout fallback are made due early (expected() stays true).
     timeouts = [mid for mid, i in ids.items() if e2e.expected(i)["fire"] == "timeout"]
     await conn.execute(MAKE_TIMEOUTS_DUE, timeouts)
-    await e2e.eventually(lambda: _at_least(conn, "fallback_state = 'firing'", 1), "a fallback to be firing",
-                         attempts=100)
+    await e2e.eventually(
+        lambda: _at_least(conn, "fallback_state = 'firing'", 1), "a fallback to be firing", attempts=100
+    )
     snapshot = await in_flight(conn)
     started = time.monotonic()
     daemon.send_signal(signal.SIGTERM)
@@ -160,16 +174,26 @@ async def _at_least(conn: asyncpg.Connection, where: str, n: int) -> bool:
 
 
 def daemon_env(db_dsn: str, d_port: int, sb_url: str) -> Mapping[str, str]:
-    return procs.clean_env({
-        "DATABASE_URL": db_dsn, "FALLBACK_HTTP_PORT": str(d_port), "FALLBACK_API_TOKEN": e2e.API_TOKEN,
-        "FALLBACK_RECEIPT_TOKEN": e2e.RECEIPT_TOKEN, "ALIBABA_CLOUD_ACCESS_KEY_ID": procs.SANDBOX_AK,
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": procs.SANDBOX_SK, "FALLBACK_CAMS_ENDPOINT": sb_url,
-        "FALLBACK_SMS_ENDPOINT": sb_url, "FALLBACK_SMS_FROM": "E2E", "FALLBACK_LOG_FORMAT": "json",
-        "FALLBACK_SHUTDOWN_GRACE_S": str(GRACE_S),
-        # Slow enough to be in flight, fast enough that no call times out; short leases, so anything the
-        # first daemon left in `sending` or `firing` would be swept (and show up as wrong) after the restart.
-        "FALLBACK_SEND_RATE": "100", "FALLBACK_SEND_TIMEOUT_S": "3", "FALLBACK_FIRING_LEASE_S": "5",
-    })
+    return procs.clean_env(
+        {
+            "DATABASE_URL": db_dsn,
+            "FALLBACK_HTTP_PORT": str(d_port),
+            "FALLBACK_API_TOKEN": e2e.API_TOKEN,
+            "FALLBACK_RECEIPT_TOKEN": e2e.RECEIPT_TOKEN,
+            "ALIBABA_CLOUD_ACCESS_KEY_ID": procs.SANDBOX_AK,
+            "ALIBABA_CLOUD_ACCESS_KEY_SECRET": procs.SANDBOX_SK,
+            "FALLBACK_CAMS_ENDPOINT": sb_url,
+            "FALLBACK_SMS_ENDPOINT": sb_url,
+            "FALLBACK_SMS_FROM": "E2E",
+            "FALLBACK_LOG_FORMAT": "json",
+            "FALLBACK_SHUTDOWN_GRACE_S": str(GRACE_S),
+            # Slow enough to be in flight, fast enough that no call times out; short leases, so anything the
+            # first daemon left in `sending` or `firing` would be swept (and show up as wrong) after the restart.
+            "FALLBACK_SEND_RATE": "100",
+            "FALLBACK_SEND_TIMEOUT_S": "3",
+            "FALLBACK_FIRING_LEASE_S": "5",
+        }
+    )
 
 
 async def test_sigterm_mid_run_loses_nothing(db_dsn: str) -> None:
@@ -204,4 +228,3 @@ async def test_sigterm_mid_run_loses_nothing(db_dsn: str) -> None:
             assert second.returncode == 0
     finally:
         await conn.close()
-

@@ -56,7 +56,9 @@ async def test_gate_reopens_when_receipts_return_and_held_can_be_released(
     assert (await gate.check_once())["whatsapp"] is False
     view = await svc.get_message(held_id)
     assert view["fallback_state"] == "held"
-    await svc.apply([service.Outcome(message_id=held_id, event=policy.OperatorFire(), detail={"actor": "ops"})])
+    await svc.apply(
+        [service.Outcome(message_id=held_id, event=policy.OperatorFire(), detail={"actor": "ops"})]
+    )
     [row] = await svc.claim_due(10, 60)
     assert (row["id"], row["fallback_state"], row["fire_reason"]) == (held_id, "firing", "operator")
 

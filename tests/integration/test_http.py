@@ -16,11 +16,19 @@ TOKEN = "test-api-token-0123456789"
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(db_dsn: str, sandbox_config: object | None = None, **env: str) -> AsyncIterator[app.Running]:
+async def running_daemon(
+    db_dsn: str, sandbox_config: object | None = None, **env: str
+) -> AsyncIterator[app.Running]:
     """The whole daemon in-process (sandbox included), on a free port, stopped on exit."""
     settings = config.load(
-        {"DATABASE_URL": db_dsn, "FALLBACK_HTTP_PORT": "0", "FALLBACK_API_TOKEN": TOKEN,
-         "FALLBACK_RECEIPT_TOKEN": "receipt-token-0123456789", "FALLBACK_LOG_LEVEL": "warning", **env}
+        {
+            "DATABASE_URL": db_dsn,
+            "FALLBACK_HTTP_PORT": "0",
+            "FALLBACK_API_TOKEN": TOKEN,
+            "FALLBACK_RECEIPT_TOKEN": "receipt-token-0123456789",
+            "FALLBACK_LOG_LEVEL": "warning",
+            **env,
+        }
     )
     stop = asyncio.Event()
     started: asyncio.Future[app.Running] = asyncio.get_running_loop().create_future()
@@ -50,12 +58,20 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 BODY: dict[str, Any] = {
-    "ChannelType": "whatsapp", "Type": "message", "MessageType": "text", "From": "6580000000",
-    "To": "6591234560", "Content": {"text": "hi"}, "FallBackContent": "hi by sms", "FallBackDuration": 60,
+    "ChannelType": "whatsapp",
+    "Type": "message",
+    "MessageType": "text",
+    "From": "6580000000",
+    "To": "6591234560",
+    "Content": {"text": "hi"},
+    "FallBackContent": "hi by sms",
+    "FallBackDuration": 60,
 }
 
 
-async def wait_for(http: aiohttp.ClientSession, url: str, predicate: Any, attempts: int = 200) -> dict[str, Any]:
+async def wait_for(
+    http: aiohttp.ClientSession, url: str, predicate: Any, attempts: int = 200
+) -> dict[str, Any]:
     """Poll a message until `predicate(view)` holds (cross-task condition wait, bounded)."""
     for _ in range(attempts):
         async with http.get(url) as resp:
@@ -72,7 +88,9 @@ async def test_send_receipts_and_timeline(daemon: app.Running, http: aiohttp.Cli
         assert resp.status == 202
         created = await resp.json()
     assert created["state"] == "accepted"
-    view = await wait_for(http, f"{daemon.url}/v1/messages/{created['id']}", lambda v: v["chat_state"] == "read")
+    view = await wait_for(
+        http, f"{daemon.url}/v1/messages/{created['id']}", lambda v: v["chat_state"] == "read"
+    )
     assert view["fallback_state"] == "cancelled"
     assert view["provider_message_id"]
     kinds = [e["kind"] for e in view["events"]]
@@ -85,7 +103,9 @@ async def test_rejected_send_fires_sms(daemon: app.Running, http: aiohttp.Client
     """A send that CAMS rejects (suffix 8) fails the chat leg and the SMS goes out and is delivered."""
     async with http.post(f"{daemon.url}/v1/messages", json={**BODY, "To": "6591234568"}) as resp:
         mid = (await resp.json())["id"]
-    view = await wait_for(http, f"{daemon.url}/v1/messages/{mid}", lambda v: v["fallback_state"] == "sms_delivered")
+    view = await wait_for(
+        http, f"{daemon.url}/v1/messages/{mid}", lambda v: v["fallback_state"] == "sms_delivered"
+    )
     assert (view["chat_state"], view["fire_reason"]) == ("send_failed", "send_failed")
     assert view["sms_id"]
 
@@ -129,7 +149,7 @@ async def test_auth_and_tokens(daemon: app.Running, http: aiohttp.ClientSession)
     async with http.post(f"{daemon.url}/receipts/wrong-token-0123456789/chatapp", json=[]) as resp:
         assert resp.status == 404
     token = daemon.settings.receipt_token.reveal()
-    async with http.post(f"{daemon.url}/receipts/{token}/chatapp", data=b"[{\"Status\": 1}") as resp:
+    async with http.post(f"{daemon.url}/receipts/{token}/chatapp", data=b'[{"Status": 1}') as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["field"] == "body"
     async with http.post(f"{daemon.url}/receipts/{token}/chatapp", json=[{"Status": "Read"}]) as resp:
@@ -141,7 +161,9 @@ async def test_auth_and_tokens(daemon: app.Running, http: aiohttp.ClientSession)
 async def test_receipt_ack_shape(daemon: app.Running, http: aiohttp.ClientSession) -> None:
     """A valid receipt push is answered 200 {"code":0,"msg":"success"} and stored (parked: unknown id)."""
     token = daemon.settings.receipt_token.reveal()
-    report = [{"Status": "Delivered", "MessageId": "unknown-1", "Timestamp": 1691043638000, "From": "1", "To": "2"}]
+    report = [
+        {"Status": "Delivered", "MessageId": "unknown-1", "Timestamp": 1691043638000, "From": "1", "To": "2"}
+    ]
     async with http.post(f"{daemon.url}/receipts/{token}/chatapp", json=report) as resp:
         assert resp.status == 200
         assert await resp.json() == {"code": 0, "msg": "success"}
@@ -169,8 +191,6 @@ async def test_unknown_message_404(daemon: app.Running, http: aiohttp.ClientSess
         assert resp.status == 400
 
 
-
-
 async def test_metrics_endpoint(daemon: app.Running, http: aiohttp.ClientSession) -> None:
     """/metrics serves the Prometheus text format with the send, receipt and timer metrics."""
     async with http.post(f"{daemon.url}/v1/messages", json=BODY) as resp:
@@ -179,8 +199,13 @@ async def test_metrics_endpoint(daemon: app.Running, http: aiohttp.ClientSession
     async with http.get(f"{daemon.url}/metrics") as resp:
         assert resp.status == 200
         text = await resp.text()
-    for name in ("fallback_sends_total", "fallback_receipts_total", "fallback_pending_timers",
-                 "fallback_provider_latency_seconds_bucket", "fallback_held"):
+    for name in (
+        "fallback_sends_total",
+        "fallback_receipts_total",
+        "fallback_pending_timers",
+        "fallback_provider_latency_seconds_bucket",
+        "fallback_held",
+    ):
         assert name in text
     assert 'fallback_sends_total{outcome="ok"}' in text
 
@@ -190,13 +215,20 @@ async def test_throttled_sends_are_retried_until_sent(db_dsn: str, http: aiohttp
     from fallback_daemon import metrics, sandbox
 
     before = metrics.throttled.labels("cams")._value.get()
-    async with running_daemon(db_dsn, sandbox.SandboxConfig(qps=5), FALLBACK_SEND_RATE="50",
-                              FALLBACK_SEND_BURST="10", FALLBACK_SEND_MAX_ATTEMPTS="50") as d:
+    async with running_daemon(
+        db_dsn,
+        sandbox.SandboxConfig(qps=5),
+        FALLBACK_SEND_RATE="50",
+        FALLBACK_SEND_BURST="10",
+        FALLBACK_SEND_MAX_ATTEMPTS="50",
+    ) as d:
         bodies = {"messages": [{**BODY, "To": f"659123{i:03d}0"} for i in range(30)]}
         async with http.post(f"{d.url}/v1/messages/batch", json=bodies) as resp:
             ids = [m["id"] for m in (await resp.json())["messages"]]
         for mid in ids:
-            await wait_for(http, f"{d.url}/v1/messages/{mid}", lambda v: v["chat_state"] == "read", attempts=600)
+            await wait_for(
+                http, f"{d.url}/v1/messages/{mid}", lambda v: v["chat_state"] == "read", attempts=600
+            )
         retried = await d.svc.db.fetchval("SELECT count(*) FROM message_events WHERE kind = 'send_retry'")
     assert retried > 0
     assert metrics.throttled.labels("cams")._value.get() > before

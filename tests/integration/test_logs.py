@@ -65,11 +65,16 @@ def with_password(dsn: str) -> tuple[str, str | None]:
 @pytest.fixture
 async def daemon(db_dsn: str, log_output: io.StringIO) -> AsyncIterator[tuple[app.Running, str | None]]:
     dsn, password = with_password(db_dsn)
-    settings = config.load({
-        "DATABASE_URL": dsn, "FALLBACK_HTTP_PORT": "0", "FALLBACK_API_TOKEN": API_TOKEN,
-        "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN, "FALLBACK_SANDBOX_TIMER_SCALE": "0.02",
-        "FALLBACK_TIMER_MAX_SLEEP_S": "0.1",
-    })
+    settings = config.load(
+        {
+            "DATABASE_URL": dsn,
+            "FALLBACK_HTTP_PORT": "0",
+            "FALLBACK_API_TOKEN": API_TOKEN,
+            "FALLBACK_RECEIPT_TOKEN": RECEIPT_TOKEN,
+            "FALLBACK_SANDBOX_TIMER_SCALE": "0.02",
+            "FALLBACK_TIMER_MAX_SLEEP_S": "0.1",
+        }
+    )
     sb_config = sandbox.SandboxConfig(access_key_id="logs-ak", access_key_secret=AK_SECRET)
     stop = asyncio.Event()
     started: asyncio.Future[app.Running] = asyncio.get_running_loop().create_future()
@@ -86,8 +91,14 @@ async def daemon(db_dsn: str, log_output: io.StringIO) -> AsyncIterator[tuple[ap
 
 def body(to: str) -> dict[str, Any]:
     return {
-        "ChannelType": "whatsapp", "Type": "message", "MessageType": "text", "From": "6580000000", "To": to,
-        "Content": {"text": f"hello {to}"}, "FallBackContent": f"sms for {to}", "FallBackDuration": 60,
+        "ChannelType": "whatsapp",
+        "Type": "message",
+        "MessageType": "text",
+        "From": "6580000000",
+        "To": to,
+        "Content": {"text": f"hello {to}"},
+        "FallBackContent": f"sms for {to}",
+        "FallBackDuration": 60,
     }
 
 
@@ -157,8 +168,14 @@ def test_masking_reaches_free_text_nested_fields_and_tracebacks(log_output: io.S
     """A number inside an error text, a nested detail or a traceback is masked; ids and codes are kept."""
     log = structlog.get_logger("test")
     mid = "12345678-1234-4234-8234-123456789012"
-    log.info("decision", message_id=mid, error="PhoneNumberError: 6591234568 is invalid", error_code="131026",
-             detail={"To": "+6591234568", "note": "retry 6591234568"}, sms_id="900619746936498440^0")
+    log.info(
+        "decision",
+        message_id=mid,
+        error="PhoneNumberError: 6591234568 is invalid",
+        error_code="131026",
+        detail={"To": "+6591234568", "note": "retry 6591234568"},
+        sms_id="900619746936498440^0",
+    )
     event = emit(log_output)
     assert event["error"] == "PhoneNumberError: 659*****68 is invalid"
     assert event["detail"] == {"To": "659*****68", "note": "retry 659*****68"}
@@ -175,14 +192,21 @@ def test_masking_reaches_free_text_nested_fields_and_tracebacks(log_output: io.S
 
 def test_secrets_are_scrubbed_everywhere(log_output: io.StringIO) -> None:
     """Registered secret values and credential-shaped text (DSN password, receipt path token) become ***."""
-    settings = config.load({"FALLBACK_API_TOKEN": "scrub-api-token-0123456789",
-                            "DATABASE_URL": "postgresql://fd:scrub-db-password-0123@db:5432/fd"})
+    settings = config.load(
+        {
+            "FALLBACK_API_TOKEN": "scrub-api-token-0123456789",
+            "DATABASE_URL": "postgresql://fd:scrub-db-password-0123@db:5432/fd",
+        }
+    )
     logs.register_secrets(settings)
     structlog.get_logger("test").warning(
-        "push_failed", error="401 for token scrub-api-token-0123456789",
+        "push_failed",
+        error="401 for token scrub-api-token-0123456789",
         url="http://d:8080/receipts/some-unregistered-token-0123/chatapp",
-        detail={"dsn": "postgresql://other:unregistered-pass-0123@db/x",
-                "raw": "password 'scrub-db-password-0123'"},
+        detail={
+            "dsn": "postgresql://other:unregistered-pass-0123@db/x",
+            "raw": "password 'scrub-db-password-0123'",
+        },
     )
     event = emit(log_output)
     assert event["error"] == "401 for token ***"
@@ -195,5 +219,9 @@ def test_library_logs_go_through_the_same_processors(log_output: io.StringIO) ->
     library = logging.getLogger("aiohttp.server")
     library.warning("Error handling request from 6591234568 with Bearer abc.def-123")
     event = emit(log_output)
-    assert event == {**event, "logger": "aiohttp.server", "level": "warning",
-                     "event": "Error handling request from 659*****68 with Bearer ***"}
+    assert event == {
+        **event,
+        "logger": "aiohttp.server",
+        "level": "warning",
+        "event": "Error handling request from 659*****68 with Bearer ***",
+    }

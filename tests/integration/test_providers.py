@@ -14,8 +14,13 @@ from fallback_daemon import errors, sandbox
 from fallback_daemon.providers import acs, alibaba_sms, cams
 from tests.e2e.procs import free_port
 
-PARAMS = {"ChannelType": "whatsapp", "Type": "message", "MessageType": "text", "From": "6580000000",
-          "Content": '{"text":"hi"}'}
+PARAMS = {
+    "ChannelType": "whatsapp",
+    "Type": "message",
+    "MessageType": "text",
+    "From": "6580000000",
+    "Content": '{"text":"hi"}',
+}
 
 
 @pytest.fixture
@@ -31,15 +36,29 @@ async def sb() -> AsyncIterator[sandbox.Sandbox]:
     await box.close()
 
 
-def client(session: aiohttp.ClientSession, url: str, *, secret: str = "sandbox-secret", version: str = cams.VERSION,
-           timeout: float = 5.0) -> acs.AcsClient:
-    return acs.AcsClient(session, endpoint=url, version=version, access_key_id="sandbox-ak",
-                         access_key_secret=secret, timeout_s=timeout)
+def client(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    secret: str = "sandbox-secret",
+    version: str = cams.VERSION,
+    timeout: float = 5.0,
+) -> acs.AcsClient:
+    return acs.AcsClient(
+        session,
+        endpoint=url,
+        version=version,
+        access_key_id="sandbox-ak",
+        access_key_secret=secret,
+        timeout_s=timeout,
+    )
 
 
 async def test_send_ok_returns_the_message_id(session: aiohttp.ClientSession, sb: sandbox.Sandbox) -> None:
     """A signed SendChatappMessage is accepted by the sandbox and yields its MessageId; TaskId is ours."""
-    mid = await cams.CamsClient(client(session, sb.url)).send(task_id="task-1", params={**PARAMS, "To": "6591230"})
+    mid = await cams.CamsClient(client(session, sb.url)).send(
+        task_id="task-1", params={**PARAMS, "To": "6591230"}
+    )
     assert mid
     assert "task-1" in sb.journal()["chat"]
 
@@ -49,7 +68,9 @@ async def test_wrong_secret_is_a_permanent_signature_error(
 ) -> None:
     """A wrong AccessKey secret gets SignatureDoesNotMatch, which is never retried."""
     with pytest.raises(errors.PermanentError) as info:
-        await cams.CamsClient(client(session, sb.url, secret="wrong")).send(task_id="t", params={**PARAMS, "To": "6591230"})
+        await cams.CamsClient(client(session, sb.url, secret="wrong")).send(
+            task_id="t", params={**PARAMS, "To": "6591230"}
+        )
     assert info.value.code == "SignatureDoesNotMatch"
 
 
@@ -64,7 +85,8 @@ async def test_throttling_is_transient(session: aiohttp.ClientSession, sb: sandb
     """Beyond the sandbox's QPS cap the answer is Throttling.User, a transient (retryable) error."""
     c = cams.CamsClient(client(session, sb.url))
     results = await asyncio.gather(
-        *(c.send(task_id=f"q{i}", params={**PARAMS, "To": f"659123{i}0"}) for i in range(8)), return_exceptions=True
+        *(c.send(task_id=f"q{i}", params={**PARAMS, "To": f"659123{i}0"}) for i in range(8)),
+        return_exceptions=True,
     )
     throttled = [r for r in results if isinstance(r, errors.TransientError)]
     assert throttled
@@ -75,7 +97,9 @@ async def test_throttling_is_transient(session: aiohttp.ClientSession, sb: sandb
 async def test_closed_port_is_transient(session: aiohttp.ClientSession) -> None:
     """A refused connection means the request never arrived: transient, safe to retry."""
     with pytest.raises(errors.TransientError):
-        await cams.CamsClient(client(session, f"http://127.0.0.1:{free_port()}")).send(task_id="t", params=PARAMS)
+        await cams.CamsClient(client(session, f"http://127.0.0.1:{free_port()}")).send(
+            task_id="t", params=PARAMS
+        )
 
 
 async def test_no_answer_after_sending_is_ambiguous(session: aiohttp.ClientSession) -> None:

@@ -16,8 +16,14 @@ from fallback_daemon import model, policy, receipts, service, store, validation
 
 def req(to: str = "6591234567", **extra: object) -> model.SendRequest:
     body = {
-        "ChannelType": "whatsapp", "Type": "message", "MessageType": "text", "From": "6580000000", "To": to,
-        "Content": {"text": "hello"}, "FallBackContent": "hello by sms", "FallBackDuration": 120,
+        "ChannelType": "whatsapp",
+        "Type": "message",
+        "MessageType": "text",
+        "From": "6580000000",
+        "To": to,
+        "Content": {"text": "hello"},
+        "FallBackContent": "hello by sms",
+        "FallBackDuration": 120,
     }
     body.update(extra)
     return validation.validate_send({k: v for k, v in body.items() if v is not None})
@@ -68,7 +74,9 @@ class TestAccept:
         assert (a.created, b.created, b.id) == (True, False, a.id)
         assert await db.fetchval("SELECT count(*) FROM messages") == 1
 
-    async def test_sentfailed_and_no_content_have_no_timer(self, svc: service.Service, db: store.Store) -> None:
+    async def test_sentfailed_and_no_content_have_no_timer(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
         """sentFailed never gets a due time; a message without SMS content has no fallback at all."""
         [a, b] = await svc.accept([req(FallBackRule="sentFailed"), req(FallBackContent=None)], [None, None])
         rows = {r["id"]: r for r in await db.fetch("SELECT id, due_at, fallback_state FROM messages")}
@@ -95,7 +103,9 @@ class TestReceipts:
         view = await svc.get_message(a.id)
         assert (view["chat_state"], view["provider_message_id"]) == ("delivered", "P2")
 
-    async def test_unmatched_receipt_is_parked_then_applied(self, svc: service.Service, db: store.Store) -> None:
+    async def test_unmatched_receipt_is_parked_then_applied(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
         """A receipt without TaskId for an unknown MessageId waits, then applies when the send is recorded."""
         [a] = await svc.accept([req()], [None])
         await svc.claim_sends(10, 60)
@@ -136,11 +146,16 @@ class TestReceipts:
         await make_due(svc.db, mid)
         assert len(await svc.claim_due(10, 60)) == 1
         await svc.apply([service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id="S5")])
-        res = await svc.ingest_chat([chat_receipt("P5", "Delivered", str(mid)),
-                                     chat_receipt("P5", "Read", str(mid))], "http")
+        res = await svc.ingest_chat(
+            [chat_receipt("P5", "Delivered", str(mid)), chat_receipt("P5", "Read", str(mid))], "http"
+        )
         assert res.double_delivered == 1
         view = await svc.get_message(mid)
-        assert (view["chat_state"], view["fallback_state"], view["double_delivered"]) == ("read", "sms_sent", True)
+        assert (view["chat_state"], view["fallback_state"], view["double_delivered"]) == (
+            "read",
+            "sms_sent",
+            True,
+        )
 
     async def test_sms_receipt_updates_the_fallback_leg(self, svc: service.Service) -> None:
         """An international SMS report with our id as TaskId moves sms_sent to sms_delivered."""
@@ -148,8 +163,17 @@ class TestReceipts:
         await make_due(svc.db, mid)
         await svc.claim_due(10, 60)
         await svc.apply([service.Outcome(message_id=mid, event=policy.SmsSent(), sms_provider_id="S6")])
-        parsed = receipts.parse_sms_reports([{"To": "6591234567", "Status": "1", "ErrorCode": "success",
-                                              "TaskId": str(mid), "MessageId": "S6"}])
+        parsed = receipts.parse_sms_reports(
+            [
+                {
+                    "To": "6591234567",
+                    "Status": "1",
+                    "ErrorCode": "success",
+                    "TaskId": str(mid),
+                    "MessageId": "S6",
+                }
+            ]
+        )
         assert (await svc.ingest_sms(parsed, "http")).applied == 1
         assert await state(svc, mid) == ("sent", "sms_delivered")
 
@@ -196,7 +220,9 @@ class TestTimers:
         n = await svc.db.fetchval("SELECT count(*) FROM message_events WHERE kind='fallback_fired'")
         assert n == 400
 
-    async def test_claim_and_next_due_use_the_partial_index(self, svc: service.Service, db: store.Store) -> None:
+    async def test_claim_and_next_due_use_the_partial_index(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
         """The next-due query reads the messages_due partial index, not the table (SPEC §5)."""
         await svc.accept([req(to=f"65800{i:05d}") for i in range(200)], [None] * 200)
         async with db.connection() as conn:
@@ -212,7 +238,9 @@ class TestSendResults:
         """A permanent send failure makes the fallback due now whatever the rule."""
         [a] = await svc.accept([req(FallBackRule=rule)], [None])
         await svc.claim_sends(10, 60)
-        await svc.apply([service.Outcome(message_id=a.id, event=policy.SendFailed(), error="InvalidParameter.X")])
+        await svc.apply(
+            [service.Outcome(message_id=a.id, event=policy.SendFailed(), error="InvalidParameter.X")]
+        )
         [row] = await svc.claim_due(10, 60)
         assert row["fire_reason"] == "send_failed"
 

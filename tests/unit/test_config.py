@@ -84,12 +84,14 @@ def test_mns_settings_defaults_and_secret() -> None:
     assert (s.mns_chatapp_queue, s.mns_sms_queue, s.mns_mode) == ("", "", "alicom")
     assert (s.mns_pollers, s.mns_wait_s, s.mns_batch) == (2, 10, 16)
     assert s.dybaseapi_endpoint == "https://dybaseapi.aliyuncs.com"
-    s = config.load({
-        "FALLBACK_MNS_CHATAPP_QUEUE": "Alicom-Queue-1234567890-ChatAppStatus",
-        "FALLBACK_MNS_MODE": "own",
-        "FALLBACK_MNS_ENDPOINT": "http://127.0.0.1:9100/ignored-path",
-        "FALLBACK_MNS_ACCESS_KEY_SECRET": "mns-secret-value-42",
-    })
+    s = config.load(
+        {
+            "FALLBACK_MNS_CHATAPP_QUEUE": "Alicom-Queue-1234567890-ChatAppStatus",
+            "FALLBACK_MNS_MODE": "own",
+            "FALLBACK_MNS_ENDPOINT": "http://127.0.0.1:9100/ignored-path",
+            "FALLBACK_MNS_ACCESS_KEY_SECRET": "mns-secret-value-42",
+        }
+    )
     assert s.mns_endpoint == "http://127.0.0.1:9100"
     assert "mns-secret-value-42" not in repr(s)
     assert s.mns_access_key_secret.reveal() == "mns-secret-value-42"

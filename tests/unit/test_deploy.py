@@ -176,7 +176,8 @@ def unit_options() -> dict[str, list[str]]:
 def daemon_services() -> dict[str, dict[str, Any]]:
     """Compose services that run the daemon's image with `run`."""
     return {
-        name: svc for name, svc in compose()["services"].items()
+        name: svc
+        for name, svc in compose()["services"].items()
         if str(svc.get("image", "")).startswith(DAEMON_IMAGE) and svc.get("command", ["run"])[0] == "run"
     }
 
@@ -218,8 +219,14 @@ def test_every_yaml_and_json_file_parses() -> None:
     """Every YAML document and the dashboard JSON under deploy/ parse, and each document is a mapping."""
     files = yaml_files()
     assert {p.name for p in files} >= {
-        "docker-compose.yml", "deployment.yaml", "pdb.yaml", "configmap.yaml", "secret.yaml", "service.yaml",
-        "migrate-job.yaml", "kustomization.yaml",
+        "docker-compose.yml",
+        "deployment.yaml",
+        "pdb.yaml",
+        "configmap.yaml",
+        "secret.yaml",
+        "service.yaml",
+        "migrate-job.yaml",
+        "kustomization.yaml",
     }
     for path in files:
         docs = load_yaml(path)
@@ -261,8 +268,12 @@ def _container_env_vars() -> Iterator[tuple[str, str]]:
 def named_env_vars() -> dict[str, set[str]]:
     """Every environment variable the deploy files set or mention -> where."""
     found: dict[str, set[str]] = {}
-    pairs = [(token, path.name) for path in DEPLOY.rglob("*") if path.is_file()
-             for token in SETTING_TOKEN.findall(path.read_text())]
+    pairs = [
+        (token, path.name)
+        for path in DEPLOY.rglob("*")
+        if path.is_file()
+        for token in SETTING_TOKEN.findall(path.read_text())
+    ]
     unit_env = unit_options().get("Service.Environment", [])
     pairs += [(v.partition("=")[0], "systemd Environment=") for v in unit_env]
     pairs += [(key, UNIT_ENV.name) for key in env_file(UNIT_ENV)]
@@ -276,7 +287,8 @@ def test_env_vars_exist_in_config() -> None:
     found = named_env_vars()
     assert {"FALLBACK_SHUTDOWN_GRACE_S", "DATABASE_URL", "FALLBACK_API_TOKEN"} <= set(found)
     unknown = {
-        name: sorted(where) for name, where in found.items()
+        name: sorted(where)
+        for name, where in found.items()
         if name not in config.ENV and name not in STANDARD_ENV and not name.startswith(STANDARD_PREFIXES)
     }
     assert unknown == {}
@@ -286,7 +298,10 @@ def test_secrets_live_only_in_secret_places() -> None:
     """The k8s Secret holds the required secrets; no secret setting is in the ConfigMap or the Dockerfile."""
     secrets = secret_vars()
     required = {
-        "DATABASE_URL", "ALIBABA_CLOUD_ACCESS_KEY_SECRET", "FALLBACK_API_TOKEN", "FALLBACK_RECEIPT_TOKEN",
+        "DATABASE_URL",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+        "FALLBACK_API_TOKEN",
+        "FALLBACK_RECEIPT_TOKEN",
     }
     assert required <= secrets  # the detection works (optional secrets, e.g. queue keys, may be added)
     assert set(secret_env()) >= required | {"ALIBABA_CLOUD_ACCESS_KEY_ID"}
@@ -302,8 +317,11 @@ def test_secrets_live_only_in_secret_places() -> None:
         ("k8s ConfigMap + Secret", lambda: {**configmap_env(), **secret_env()}, True),
         ("systemd env file", lambda: env_file(UNIT_ENV), True),
         ("compose daemon-sandbox", lambda: compose_env(compose()["services"]["daemon-sandbox"]), True),
-        ("compose daemon (live)",
-         lambda: {k: interpolate(v) for k, v in compose_env(compose()["services"]["daemon"]).items()}, False),
+        (
+            "compose daemon (live)",
+            lambda: {k: interpolate(v) for k, v in compose_env(compose()["services"]["daemon"]).items()},
+            False,
+        ),
         ("Dockerfile runtime ENV", lambda: dockerfile_env(dockerfile_stages()[-1]), False),
     ],
 )
@@ -388,8 +406,9 @@ def test_k8s_termination_grace_exceeds_the_daemon_grace() -> None:
 def test_systemd_and_compose_stop_timeouts_exceed_the_grace() -> None:
     """systemd TimeoutStopSec and compose stop_grace_period exceed the daemon's shutdown grace."""
     options = unit_options()
-    assert seconds(options["Service.TimeoutStopSec"][0]) > max(grace_of(env_file(UNIT_ENV)),
-                                                                 config.Settings().shutdown_grace_s)
+    assert seconds(options["Service.TimeoutStopSec"][0]) > max(
+        grace_of(env_file(UNIT_ENV)), config.Settings().shutdown_grace_s
+    )
     services = daemon_services()
     assert set(services) == {"daemon", "daemon-sandbox"}
     for name, svc in services.items():
@@ -458,7 +477,9 @@ def test_compose_wiring() -> None:
     sandbox_url = f"http://sandbox:{args.port}"
     assert env["FALLBACK_CAMS_ENDPOINT"] == env["FALLBACK_SMS_ENDPOINT"] == sandbox_url
     assert (env["ALIBABA_CLOUD_ACCESS_KEY_ID"], env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"]) == (
-        args.access_key_id, args.access_key_secret)
+        args.access_key_id,
+        args.access_key_secret,
+    )
     receipts = f"http://daemon-sandbox:{env['FALLBACK_HTTP_PORT']}/receipts/{env['FALLBACK_RECEIPT_TOKEN']}"
     assert (args.chatapp_callback, args.sms_callback) == (f"{receipts}/chatapp", f"{receipts}/sms")
     assert services["daemon"]["profiles"] == ["live"]
@@ -469,8 +490,12 @@ def test_systemd_unit() -> None:
     """The unit is Type=exec, non-root, reads an EnvironmentFile, restarts on failure and is hardened."""
     o = unit_options()
     expected = {
-        "Service.Type": "exec", "Service.Restart": "on-failure", "Service.KillSignal": "SIGTERM",
-        "Service.NoNewPrivileges": "yes", "Service.ProtectSystem": "strict", "Service.ProtectHome": "yes",
+        "Service.Type": "exec",
+        "Service.Restart": "on-failure",
+        "Service.KillSignal": "SIGTERM",
+        "Service.NoNewPrivileges": "yes",
+        "Service.ProtectSystem": "strict",
+        "Service.ProtectHome": "yes",
         "Service.PrivateTmp": "yes",
     }
     assert {k: o[k][-1] for k in expected} == expected
@@ -498,8 +523,14 @@ def test_k8s_deployment_is_production_shaped() -> None:
         assert sc["capabilities"]["drop"] == ["ALL"], kind
         assert container["resources"]["requests"], kind
         assert container["resources"]["limits"]["memory"], kind
-        refs = {(("ConfigMap", e["configMapRef"]["name"]) if "configMapRef" in e
-                 else ("Secret", e["secretRef"]["name"])) for e in container["envFrom"]}
+        refs = {
+            (
+                ("ConfigMap", e["configMapRef"]["name"])
+                if "configMapRef" in e
+                else ("Secret", e["secretRef"]["name"])
+            )
+            for e in container["envFrom"]
+        }
         assert refs <= set(objects), kind
         assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     pdb = k8s_kind("PodDisruptionBudget")
@@ -537,12 +568,18 @@ def declared_metrics() -> dict[str, Declared]:
     tree = ast.parse(pathlib.Path(metrics.__file__).read_text())
     out: dict[str, Declared] = {}
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("Counter", "Gauge", "Histogram", "Summary")):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("Counter", "Gauge", "Histogram", "Summary")
+        ):
             continue
         name = ast.literal_eval(node.args[0])
-        labels_node = node.args[2] if len(node.args) > 2 else next(
-            (k.value for k in node.keywords if k.arg == "labelnames"), None)
+        labels_node = (
+            node.args[2]
+            if len(node.args) > 2
+            else next((k.value for k in node.keywords if k.arg == "labelnames"), None)
+        )
         labels = frozenset(ast.literal_eval(labels_node)) if labels_node is not None else frozenset()
         metric = Declared(name=name, kind=node.func.id, labels=labels)
         for series in metric.series():
@@ -551,12 +588,59 @@ def declared_metrics() -> dict[str, Declared]:
 
 
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
-    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-    "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "abs",
-    "clamp_min", "clamp_max", "label_values", "vector", "scalar", "time", "absent", "changes", "resets",
-    "max_over_time", "min_over_time", "avg_over_time", "sum_over_time", "last_over_time", "round", "ceil",
-    "floor", "sort", "sort_desc", "label_replace", "inf", "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "deriv",
+    "histogram_quantile",
+    "abs",
+    "clamp_min",
+    "clamp_max",
+    "label_values",
+    "vector",
+    "scalar",
+    "time",
+    "absent",
+    "changes",
+    "resets",
+    "max_over_time",
+    "min_over_time",
+    "avg_over_time",
+    "sum_over_time",
+    "last_over_time",
+    "round",
+    "ceil",
+    "floor",
+    "sort",
+    "sort_desc",
+    "label_replace",
+    "inf",
+    "nan",
 }
 TARGET_LABELS = {"job", "instance", "namespace", "pod"}  # attached by the scraper, not by the daemon
 
@@ -622,10 +706,18 @@ def test_dashboard_covers_the_operator_questions() -> None:
     declared = declared_metrics()
     used = {declared[n].name for _, e in dashboard_exprs() for n in parse_promql(e)[0]}
     assert used >= {
-        "fallback_sends_total", "fallback_provider_latency_seconds", "fallback_throttled_total",
-        "fallback_receipts_total", "fallback_receipt_lag_seconds", "fallback_timer_lateness_seconds",
-        "fallback_fired_total", "fallback_sms_total", "fallback_double_delivered_total",
-        "fallback_dead_letters_total", "fallback_held", "fallback_pending_timers",
+        "fallback_sends_total",
+        "fallback_provider_latency_seconds",
+        "fallback_throttled_total",
+        "fallback_receipts_total",
+        "fallback_receipt_lag_seconds",
+        "fallback_timer_lateness_seconds",
+        "fallback_fired_total",
+        "fallback_sms_total",
+        "fallback_double_delivered_total",
+        "fallback_dead_letters_total",
+        "fallback_held",
+        "fallback_pending_timers",
         "fallback_feed_gate_closed",
     }
     exprs = [e for _, e in dashboard_exprs()]

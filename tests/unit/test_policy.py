@@ -66,12 +66,33 @@ CASES = [
     # --- SMS leg
     (st(C.SENT, F.FIRING), policy.SmsSent(), C.SENT, F.SMS_SENT, None, False),
     (st(C.SENT, F.FIRING), policy.SmsRejected(), C.SENT, F.SMS_FAILED, None, False),
-    (st(C.SENT, F.SMS_SENT), policy.SmsReceipt(model.SmsStatus.DELIVERED), C.SENT, F.SMS_DELIVERED, None, False),
+    (
+        st(C.SENT, F.SMS_SENT),
+        policy.SmsReceipt(model.SmsStatus.DELIVERED),
+        C.SENT,
+        F.SMS_DELIVERED,
+        None,
+        False,
+    ),
     (st(C.SENT, F.SMS_SENT), policy.SmsReceipt(model.SmsStatus.FAILED), C.SENT, F.SMS_FAILED, None, False),
     # the SMS receipt beat the SMS send response
-    (st(C.SENT, F.FIRING), policy.SmsReceipt(model.SmsStatus.DELIVERED), C.SENT, F.SMS_DELIVERED, None, False),
+    (
+        st(C.SENT, F.FIRING),
+        policy.SmsReceipt(model.SmsStatus.DELIVERED),
+        C.SENT,
+        F.SMS_DELIVERED,
+        None,
+        False,
+    ),
     (st(C.SENT, F.SMS_DELIVERED), policy.SmsSent(), C.SENT, F.SMS_DELIVERED, None, False),
-    (st(C.SENT, F.SMS_DELIVERED), policy.SmsReceipt(model.SmsStatus.FAILED), C.SENT, F.SMS_DELIVERED, None, False),
+    (
+        st(C.SENT, F.SMS_DELIVERED),
+        policy.SmsReceipt(model.SmsStatus.FAILED),
+        C.SENT,
+        F.SMS_DELIVERED,
+        None,
+        False,
+    ),
     (st(C.SENT, F.SMS_SENT), policy.SmsReceipt(model.SmsStatus.PENDING), C.SENT, F.SMS_SENT, None, False),
     # an SMS event can never touch a fallback that did not fire
     (st(C.SENT, F.CANCELLED), policy.SmsReceipt(model.SmsStatus.DELIVERED), C.SENT, F.CANCELLED, None, False),
@@ -115,7 +136,12 @@ def test_fallback_fires_at_most_once_over_any_event_sequence(rule: Rule) -> None
     """Replaying every failure event after the fallback fired never asks for a second firing."""
     s = st(C.SENDING, F.ARMED, rule)
     fires = 0
-    events = [policy.SendFailed(), policy.ChatReceipt(R.FAILED), policy.TimerExpired(), policy.ChatReceipt(R.FAILED)]
+    events = [
+        policy.SendFailed(),
+        policy.ChatReceipt(R.FAILED),
+        policy.TimerExpired(),
+        policy.ChatReceipt(R.FAILED),
+    ]
     for ev in events:
         d = policy.decide(s, ev)
         if d.fire_reason is not None:

@@ -94,9 +94,9 @@ def test_acs3_reproduces_the_sendsms_appendix() -> None:
 def test_acs3_form_body_vector_from_reference() -> None:
     """The reference §1.8 V3 vector (form body, no query) gives its payload hash, StringToSign and header."""
     body = (
-        "ChannelType=whatsapp&Content=%7B%22text%22%3A%22hello%22%7D&From=8613800000000"
-        "&MessageType=text&To=8613900000000&Type=message"
-    ).encode()
+        b"ChannelType=whatsapp&Content=%7B%22text%22%3A%22hello%22%7D&From=8613800000000"
+        b"&MessageType=text&To=8613900000000&Type=message"
+    )
     payload_hash = hashlib.sha256(body).hexdigest()
     assert payload_hash == "3ceb8f6eb6c10a8bdf16b66d581b2444edbc800c670867aa34c29f2237c853b7"
     headers = {
@@ -112,7 +112,12 @@ def test_acs3_form_body_vector_from_reference() -> None:
     )
     assert sts == "ACS3-HMAC-SHA256\n4537f59c30c60501de07a9e004e966f698137f81db1e044eaa4cd3556b05cee6"
     auth = signing.acs3_authorization(
-        access_key_id="testid", secret="testsecret", method="POST", path="/", query={}, headers=headers,
+        access_key_id="testid",
+        secret="testsecret",
+        method="POST",
+        path="/",
+        query={},
+        headers=headers,
         payload_hash=payload_hash,
     )
     assert auth == (
@@ -133,12 +138,25 @@ def test_parse_authorization_round_trip_and_garbage() -> None:
 def test_rpc_v1_vector_from_reference() -> None:
     """The reference §1.8 V1 (HMAC-SHA1) vector signs to 7aQxmTW+nG0OgT4AXlh46DjiHBo=."""
     params = {
-        "AccessKeyId": "testid", "Action": "SendChatappMessage", "ChannelType": "whatsapp",
-        "Content": '{"text":"hello"}', "CustSpaceId": "cams-123", "FallBackContent": "hello by sms",
-        "FallBackDuration": "120", "FallBackId": "S00001", "FallBackRule": "undelivered", "Format": "JSON",
-        "From": "8613800000000", "MessageType": "text", "SignatureMethod": "HMAC-SHA1",
-        "SignatureNonce": "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf", "SignatureVersion": "1.0",
-        "Timestamp": "2024-01-01T12:00:00Z", "To": "8613900000000", "Type": "message", "Version": "2020-06-06",
+        "AccessKeyId": "testid",
+        "Action": "SendChatappMessage",
+        "ChannelType": "whatsapp",
+        "Content": '{"text":"hello"}',
+        "CustSpaceId": "cams-123",
+        "FallBackContent": "hello by sms",
+        "FallBackDuration": "120",
+        "FallBackId": "S00001",
+        "FallBackRule": "undelivered",
+        "Format": "JSON",
+        "From": "8613800000000",
+        "MessageType": "text",
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureNonce": "3ee8c1b8-83d3-44af-a94f-4e0ad82fd6cf",
+        "SignatureVersion": "1.0",
+        "Timestamp": "2024-01-01T12:00:00Z",
+        "To": "8613900000000",
+        "Type": "message",
+        "Version": "2020-06-06",
     }
     assert signing.rpc_v1_signature(secret="testsecret", method="POST", params=params) == (
         "7aQxmTW+nG0OgT4AXlh46DjiHBo="
@@ -151,7 +169,9 @@ MNS_HEADERS = {"Date": MNS_DATE, "x-mns-version": "2015-06-06"}
 
 def _mns(method: str, resource: str, **kw: str) -> str:
     sts = signing.mns_string_to_sign(method=method, resource=resource, headers=MNS_HEADERS, **kw)
-    return signing.mns_authorization(access_key_id="TestAccessID", secret="TestAccessSecret", string_to_sign=sts)
+    return signing.mns_authorization(
+        access_key_id="TestAccessID", secret="TestAccessSecret", string_to_sign=sts
+    )
 
 
 def test_mns_official_doc_vector() -> None:
@@ -169,9 +189,9 @@ def test_mns_batch_receive_and_delete_vectors() -> None:
         ":wLEaUDFO0ElsTJn8J7RwTY2YilU="
     )
     body = (
-        '<?xml version="1.0" encoding="UTF-8"?><ReceiptHandles xmlns="http://mns.aliyuncs.com/doc/v1/">'
-        "<ReceiptHandle>8-0zxjHBaWtzPz8zphz0z6OGz5yWWidU1fJM</ReceiptHandle></ReceiptHandles>"
-    ).encode()
+        b'<?xml version="1.0" encoding="UTF-8"?><ReceiptHandles xmlns="http://mns.aliyuncs.com/doc/v1/">'
+        b"<ReceiptHandle>8-0zxjHBaWtzPz8zphz0z6OGz5yWWidU1fJM</ReceiptHandle></ReceiptHandles>"
+    )
     md5 = signing.mns_content_md5(body)
     assert md5 == "MzcwZWU3OTFhM2RjZmQ5MTBkYzliNzUwOWE0MjNkNDg="
     assert _mns("DELETE", q, content_md5=md5, content_type="text/xml;charset=UTF-8").endswith(
