@@ -1,12 +1,17 @@
-"""Queries loaded by name from sql/queries/*.sql, and the migrations folder; no SQL lives in Python strings."""
+"""Queries by name from the package's sql_files/queries/*.sql, and its migrations; no SQL in Python strings.
+
+The SQL ships inside the package (package data, found with importlib.resources), so a plain `pip install .`
+carries it; the top-level `sql/` in the repository is a symlink to the same folder, for readers.
+"""
 
 from __future__ import annotations
 
+import importlib.resources
 import pathlib
 import re
 from typing import LiteralString, cast
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent / "sql"
+ROOT = pathlib.Path(str(importlib.resources.files("fallback_daemon").joinpath("sql_files")))
 MIGRATIONS = ROOT / "migrations"
 _HEADER = re.compile(r"^-- name: (\w+) --$", re.MULTILINE)
 

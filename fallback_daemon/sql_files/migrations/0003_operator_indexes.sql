@@ -1,4 +1,4 @@
--- 0004 (expand): indexes behind the operator API's search and stats, and who replayed a dead letter.
+-- 0003 (expand): indexes behind the operator API's search and stats, and who replayed a dead letter.
 -- Plain CREATE INDEX (each migration runs in one transaction, so not CONCURRENTLY): it blocks writes to
 -- the table while it builds; on a large live table, build these by hand CONCURRENTLY first (IF NOT EXISTS
 -- then makes this migration a no-op).

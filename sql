@@ -1,0 +1,1 @@
+fallback_daemon/sql_files
