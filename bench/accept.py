@@ -44,8 +44,8 @@ async def closed_loop(
 
 
 def columns(items: list[dict[str, Any]], keys: list[str | None]) -> list[list[Any]]:
-    """insert_messages' eleven column arrays for these bodies (as Service.accept builds them)."""
-    cols: list[list[Any]] = [[] for _ in range(11)]
+    """insert_messages' twelve column arrays for these bodies (as Service.accept builds them)."""
+    cols: list[list[Any]] = [[] for _ in range(12)]
     for body, key in zip(items, keys, strict=True):
         row = [
             key,
@@ -59,6 +59,7 @@ def columns(items: list[dict[str, Any]], keys: list[str | None]) -> list[list[An
             body["FallBackContent"],
             "armed",
             float(body["FallBackDuration"]),
+            None,  # request_hash (the API stores one with each keyed row)
         ]
         for col, value in zip(cols, row, strict=True):
             col.append(value)

@@ -103,8 +103,13 @@ SELECT count(*) FROM messages WHERE chat_state <> 'accepted';
 SELECT now();
 
 -- name: drive_timers --
--- Every armed timer falls due now (time driven through the database, as the end-to-end tests do).
-UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL;
+-- Every armed timer falls due now (time driven through the database, as the end-to-end tests do). Rows are
+-- locked in id order first, the order every daemon write path locks in (lock_messages): an unordered bulk
+-- UPDATE against the daemon's row locks deadlocked the replica scenario (DeadlockDetectedError).
+WITH l AS (
+    SELECT id FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL ORDER BY id FOR UPDATE
+)
+UPDATE messages m SET due_at = now() FROM l WHERE m.id = l.id AND m.fallback_state = 'armed';
 
 -- name: pending_fallbacks --
 -- $1 since timestamptz. Timers still armed and due, or fallbacks fired since $1 and not yet sent.

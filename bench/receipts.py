@@ -112,6 +112,7 @@ async def raw_batch(pool: asyncpg.Pool, batch: list[dict[str, Any]]) -> None:
             [None] * n,
             [None] * n,
             [None] * n,
+            60.0,
         )
         await conn.execute(
             CORE["insert_events"],

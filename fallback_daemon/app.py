@@ -1,15 +1,22 @@
-"""Composition root: opens the database, provider clients, web server and loops, and closes them in reverse."""
+"""Composition root: opens the database, provider clients, web server and loops; closes them in reverse."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import functools
+import os
 import secrets
 import signal
-from collections.abc import AsyncIterator
+import socket
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -34,7 +41,7 @@ from fallback_daemon.providers import acs, aws, cams, dybaseapi, mns, sms_routin
 from fallback_daemon.web import keys
 
 log = structlog.get_logger("fallback_daemon.app")
-SANDBOX_API_TOKEN = "sandbox-token-not-secret"  # only ever used with --sandbox / demo (documented)
+SANDBOX_API_TOKEN = "sandbox-token-not-secret"  # noqa: S105 - only with --sandbox / demo (documented)
 
 
 @dataclasses.dataclass
@@ -53,6 +60,78 @@ async def database_dsn(settings: config.Settings) -> str:
     if settings.database_url:
         return settings.database_url.reveal()
     return await embedded.start(settings.data_dir)
+
+
+# A database that is down, starting, restarting or full is waited for at start-up (an orchestrator often
+# starts the daemon and Postgres together); a wrong password or database name is not: it fails at once.
+RETRY_CONNECT = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+
+
+def database_where(settings: config.Settings) -> str:
+    """Where DATABASE_URL points, without its credentials (for messages and logs)."""
+    if not settings.database_url:
+        return f"the embedded Postgres under {settings.data_dir / 'pg'}"
+    parts = urllib.parse.urlsplit(settings.database_url.reveal())
+    # The netloc may list several hosts (failover: "h1:5432,h2:5432"); show them without the credentials.
+    hosts = (
+        parts.netloc.rpartition("@")[2] or urllib.parse.parse_qs(parts.query).get("host", ["local socket"])[0]
+    )
+    if "," not in hosts and ":" not in hosts and not hosts.startswith("/"):
+        hosts = f"{hosts}:5432"
+    return f"DATABASE_URL ({hosts}{parts.path or '/'})"
+
+
+async def connect_database(
+    settings: config.Settings, dsn: str, *, min_size: int = 2, max_size: int = 10
+) -> store.Store:
+    """Connect, retrying refusals for FALLBACK_DB_CONNECT_WAIT_S with capped backoff.
+
+    Raises:
+        errors.StoreError: naming DATABASE_URL (never its password) once the wait is over, or at once for a
+            refusal that waiting cannot cure (authentication, no such database).
+    """
+    where = database_where(settings)
+    started = time.monotonic()
+    deadline = started + settings.db_connect_wait_s
+    delay, attempt = 0.25, 0
+    while True:
+        attempt += 1
+        try:
+            async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                return await store.Store.connect(dsn, min_size=min_size, max_size=max_size)
+        except (errors.StoreError, TimeoutError) as exc:
+            cause = exc.__cause__ if isinstance(exc, errors.StoreError) else exc
+            reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+            retriable = isinstance(cause, RETRY_CONNECT)
+            if not retriable or time.monotonic() + delay >= deadline:
+                waited = time.monotonic() - started
+                tried = f" (tried {attempt} times over {waited:.0f} s)" if attempt > 1 else ""
+                raise errors.StoreError(f"{where}: cannot connect{tried}: {reason}") from None
+            log.warning("database_unavailable", where=where, attempt=attempt, retry_in_s=delay, error=reason)
+            await asyncio.sleep(delay)  # backoff before the next connection attempt
+            delay = min(delay * 2, 5.0)
+
+
+async def start_site(site: web.TCPSite, settings: config.Settings) -> None:
+    """Bind the HTTP listener; a busy or forbidden address is a configuration error naming the variable."""
+    try:
+        await site.start()
+    except OSError as exc:
+        raise bind_error(settings, exc) from None
+
+
+def bind_error(settings: config.Settings, exc: OSError) -> errors.ConfigError:
+    """The HTTP listener could not bind: name the variable to change (one line, no traceback)."""
+    address = f"{settings.http_host}:{settings.http_port}"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own text repeats the address
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return errors.ConfigError("FALLBACK_HTTP_HOST", f"cannot listen on {address}: {reason}")
+    hint = "another process uses the port: stop it or choose another FALLBACK_HTTP_PORT"
+    if exc.errno == errno.EACCES:
+        hint = "ports below 1024 need privileges: choose another FALLBACK_HTTP_PORT"
+    elif exc.errno != errno.EADDRINUSE:
+        hint = "choose another FALLBACK_HTTP_PORT or FALLBACK_HTTP_HOST"
+    return errors.ConfigError("FALLBACK_HTTP_PORT", f"cannot listen on {address}: {reason} ({hint})")
 
 
 @contextlib.asynccontextmanager
@@ -75,6 +154,8 @@ async def open_sandbox(
             sms_from=settings.sms_from or "Fallback",
             receipt_token=settings.receipt_token or config.Secret(secrets.token_urlsafe(24)),
             api_token=settings.api_token or config.Secret(SANDBOX_API_TOKEN),
+            # The sandbox answers ListChatappMessage for any space; lookups need one to be asked at all.
+            cams_cust_space_id=settings.cams_cust_space_id or "sandbox-space",
         )
         yield settings, sb
     finally:
@@ -85,9 +166,8 @@ def check_can_run(settings: config.Settings, *, use_sandbox: bool) -> None:
     if not use_sandbox:
         missing = settings.provider_credentials_missing
         if missing:
-            raise errors.ConfigError(
-                missing[0], f"required without --sandbox (also missing: {', '.join(missing)})"
-            )
+            also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
+            raise errors.ConfigError(missing[0], f"required without --sandbox{also}")
         if settings.sandbox_timer_scale != 1.0:
             raise errors.ConfigError("FALLBACK_SANDBOX_TIMER_SCALE", "only allowed with --sandbox or demo")
 
@@ -114,7 +194,7 @@ async def serve(
             settings
         )  # final values (the sandbox may have generated tokens): scrubbed from logs
         dsn = await database_dsn(settings)
-        db = await store.Store.connect(dsn, max_size=10)
+        db = await connect_database(settings, dsn, max_size=10)
         stack.push_async_callback(db.close)
         if run_migrations:
             async with db.connection() as conn:
@@ -135,7 +215,9 @@ async def serve(
                 timeout_s=settings.send_timeout_s,
             )
 
-        chat = cams.CamsClient(client(settings.cams_endpoint, cams.VERSION))
+        chat = cams.CamsClient(
+            client(settings.cams_endpoint, cams.VERSION), cust_space_id=settings.cams_cust_space_id
+        )
         # --- SMS providers and routing (owned by the SMS provider work) ---
         aws_session = aws.new_session()  # also used by the SQS consumers below
         sms = await sms_routing.build(
@@ -150,6 +232,7 @@ async def serve(
             db,
             sms_template=settings.sms_template,
             timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0,
+            reconcile_delay_s=settings.reconcile_delay_s,
         )
         limiter = ratelimit.RateLimiter(
             db, name="cams", rate=settings.send_rate, headroom=settings.send_burst
@@ -171,8 +254,16 @@ async def serve(
             max_sleep_s=settings.timer_max_sleep_s,
             concurrency=settings.send_concurrency,
             sms_max_attempts=settings.sms_max_attempts,
+            retry_window_s=settings.sms_retry_window_s,
         )
-        recovery = loops.RecoveryLoop(svc, timer, resend=settings.recovery_mode == "resend")
+        recovery = loops.RecoveryLoop(
+            svc,
+            timer,
+            resend=settings.recovery_mode == "resend",
+            chat=chat,
+            reconcile_max_attempts=settings.reconcile_max_attempts,
+            reconcile_delay_s=settings.reconcile_delay_s,
+        )
         gate = health.GateLoop(svc, window_s=settings.gate_window_s, per_channel=dict(settings.gate_channels))
         queue_consumers: list[consumers.QueueConsumer] = []
         # --- queue consumers (MNS, SQS): append QueueConsumer objects here ---
@@ -227,7 +318,7 @@ async def serve(
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
+        await start_site(site, settings)
         port = runner.addresses[0][1]
         url = f"http://{settings.http_host}:{port}"
         if sb is not None:
@@ -246,26 +337,60 @@ async def serve(
             started.set_result(
                 Running(settings=settings, svc=svc, url=url, sandbox_url=sandbox_url, stop=stop, ready=ready)
             )
-        grace = settings.shutdown_grace_s
-        async with db.listen({store.CHANNEL_SEND: sender.wake, store.CHANNEL_DUE: timer.wake}):
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(sender.run(stop, grace), name="sender")
-                tg.create_task(timer.run(stop, grace), name="timer")
-                tg.create_task(recovery.run(stop), name="recovery")
-                tg.create_task(gate.run(stop), name="feed-gate")
-                # --- retention (purge of finished rows): owned by the performance work ---
-                if settings.retention_days > 0:
-                    from fallback_daemon import retention  # only this block knows the module
-
-                    purge = retention.RetentionLoop(
-                        db, days=settings.retention_days, batch=settings.retention_batch
-                    )
-                    tg.create_task(purge.run(stop), name="retention")
-                # --- end retention ---
-                for consumer in queue_consumers:
-                    tg.create_task(consumer.run(stop), name=f"consumer-{consumer.queue.name}")
-                tg.create_task(_stop_readiness(app, stop), name="readiness")
+        runs = supervised_loops(
+            settings,
+            db,
+            stop,
+            app,
+            sender=sender,
+            timer=timer,
+            recovery=recovery,
+            gate=gate,
+            queue_consumers=queue_consumers,
+        )
+        async with asyncio.TaskGroup() as tg:
+            for name, run in runs.items():
+                tg.create_task(loops.supervise(name, stop, run), name=name)
+            tg.create_task(_stop_readiness(app, stop), name="readiness")
         log.info("daemon_stopped")
+
+
+def supervised_loops(
+    settings: config.Settings,
+    db: store.Store,
+    stop: asyncio.Event,
+    app: web.Application,
+    *,
+    sender: loops.SenderLoop,
+    timer: loops.TimerLoop,
+    recovery: loops.RecoveryLoop,
+    gate: health.GateLoop,
+    queue_consumers: list[consumers.QueueConsumer],
+) -> dict[str, Callable[[], Awaitable[None]]]:
+    """Every long-running task of the daemon, by name; each runs under `loops.supervise`.
+
+    An error nobody mapped is logged and the loop restarted, never the end of the TaskGroup (and of the
+    outcomes batched in memory). LISTEN reconnects itself and reports to /readyz through `app[READY]`.
+    """
+    grace = settings.shutdown_grace_s
+    wakeups = {store.CHANNEL_SEND: sender.wake, store.CHANNEL_DUE: timer.wake}
+    runs: dict[str, Callable[[], Awaitable[None]]] = {
+        "sender": functools.partial(sender.run, stop, grace),
+        "timer": functools.partial(timer.run, stop, grace),
+        "recovery": functools.partial(recovery.run, stop),
+        "feed-gate": functools.partial(gate.run, stop),
+        "listen": functools.partial(db.listen, wakeups, stop, health=app[keys.READY]),
+    }
+    # --- retention (purge of finished rows): owned by the performance work ---
+    if settings.retention_days > 0:
+        from fallback_daemon import retention  # only this block knows the module
+
+        purge = retention.RetentionLoop(db, days=settings.retention_days, batch=settings.retention_batch)
+        runs["retention"] = functools.partial(purge.run, stop)
+    # --- end retention ---
+    for consumer in queue_consumers:
+        runs[f"consumer-{consumer.queue.name}"] = functools.partial(consumer.run, stop)
+    return runs
 
 
 async def _stop_readiness(app: web.Application, stop: asyncio.Event) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from fallback_daemon import app, cli_ops, config, errors, logs, migrate, store
+from fallback_daemon import app, cli_ops, config, errors, logs, migrate
 
 log = structlog.get_logger("fallback_daemon.cli")
 
@@ -22,10 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
         "variables (see README).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply pending database migrations and exit")
+    embedded_help = (
+        "without DATABASE_URL, use the embedded Postgres under FALLBACK_DATA_DIR (one host, for trying; "
+        "never with replicas)"
+    )
+    mig = sub.add_parser("migrate", help="apply pending database migrations and exit")
+    mig.add_argument("--embedded-db", action="store_true", help=embedded_help)
     run = sub.add_parser("run", help="run the daemon (HTTP server, sender, timers)")
     run.add_argument("--sandbox", action="store_true", help="start the built-in Alibaba sandbox in-process")
     run.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
+    run.add_argument("--embedded-db", action="store_true", help=embedded_help)
     sb = sub.add_parser("sandbox", help="run the Alibaba sandbox alone (CAMS, SMS) for a daemon to talk to")
     sb.add_argument("--host", default="127.0.0.1")
     sb.add_argument("--port", type=int, default=9100)
@@ -51,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--mns-sms-queue", default=None, help="MNS queue for SMS reports (an own queue)")
     sb.add_argument("--mns-visibility-timeout-s", type=int, default=30)
     sb.add_argument("--mns-token-ttl-s", type=int, default=600, help="lifetime of issued MNS tokens")
+    sb.add_argument(
+        "--journal-file", default=None, help="persist the journal of sends here (kept on restart)"
+    )
     demo = sub.add_parser("demo", help="daemon + sandbox + a stream of demo messages, with a live view")
     demo.add_argument("--count", type=int, default=200, help="messages to send")
     demo.add_argument("--rate", type=float, default=40.0, help="messages per second to submit")
@@ -85,11 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def require_database(settings: config.Settings, args: argparse.Namespace) -> None:
+    """A real run needs DATABASE_URL: starting an embedded database silently would, with a missing Secret
+    key, give each replica its own private database. `--sandbox` and `--embedded-db` opt in to it."""
+    if settings.database_url or getattr(args, "sandbox", False) or args.embedded_db:
+        return
+    raise errors.ConfigError(
+        "DATABASE_URL",
+        f"required for `{args.command}` (postgresql://…); to try it on one host with the embedded Postgres"
+        f" under {settings.data_dir}, add --embedded-db",
+    )
+
+
 async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
     if cli_ops.is_ops(args):
         return await cli_ops.run(args, settings)
     if args.command == "migrate":
-        db = await store.Store.connect(await app.database_dsn(settings), min_size=1, max_size=1)
+        require_database(settings, args)
+        db = await app.connect_database(settings, await app.database_dsn(settings), min_size=1, max_size=1)
         try:
             async with db.connection() as conn:
                 applied = await migrate.migrate(conn)
@@ -98,6 +120,7 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
         return 0
     if args.command == "run":
+        require_database(settings, args)
         await app.serve(settings, use_sandbox=args.sandbox, run_migrations=not args.no_migrate)
         return 0
     if args.command == "sandbox":
@@ -127,6 +150,7 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
             mns_sms_queue=args.mns_sms_queue,
             mns_visibility_timeout_s=args.mns_visibility_timeout_s,
             mns_token_ttl_s=args.mns_token_ttl_s,
+            journal_path=args.journal_file,
         )
         await sandbox.run_forever(sb_config, args.host, args.port)
         return 0

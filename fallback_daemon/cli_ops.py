@@ -1,5 +1,7 @@
 """Operator subcommands of `fallback-daemon` (status, list, stats, cancel, fire, redrive, held, dead-letters).
 
+Errors name the CLI's flags (`--channel`), not the API's body fields (`channel`).
+
 They talk to a running daemon over its HTTP API (`--url`, default http://FALLBACK_HTTP_HOST:FALLBACK_HTTP_PORT,
 token FALLBACK_API_TOKEN). Output is a human table, or the API's JSON with `--json`. Exit codes: 0 ok,
 1 not found or refused by the state, 2 usage or configuration (bad argument, wrong token), 3 daemon
@@ -38,6 +40,28 @@ SEARCH_FLAGS = (
     "limit",
     "cursor",
 )
+
+
+# API field -> the CLI flag an operator typed (error messages speak the CLI's language).
+FIELD_FLAGS = {
+    "channel": "--channel",
+    "hold_reason": "--hold-reason",
+    "ids": "--id",
+    "all": "--all",
+    "limit": "--limit",
+    "cursor": "--cursor",
+    "since": "--since",
+    "until": "--until",
+    "chat_state": "--chat-state",
+    "fallback_state": "--fallback-state",
+    "provider_message_id": "--provider-message-id",
+    "task_id": "--task-id",
+    "to": "--to",
+    "window": "--window",
+    "reason": "--reason",
+    "actor": "--actor",
+    "force": "--force",
+}
 
 
 class Failure(Exception):
@@ -99,10 +123,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("id", help="our message id")
         if verb == "redrive":
             p.add_argument("--force", action="store_true", help="even while a provider call is in flight")
+        if verb == "fire":
+            p.add_argument(
+                "--force", action="store_true", help="even if its SMS may have gone out (sms_unknown)"
+            )
         p.set_defaults(ops=verb)
 
-    held = sub.add_parser("held", help="release or drop fallbacks held by the health gate or by recovery")
+    held = sub.add_parser("held", help="list, release or drop fallbacks held by the health gate or recovery")
     held_sub = held.add_subparsers(dest="held_action", required=True)
+    p = held_sub.add_parser("list", parents=[common], help="held fallbacks (newest first), by channel/reason")
+    p.add_argument("--channel")
+    p.add_argument("--hold-reason", help="feed_down, sms_unknown or sms_retries_exhausted")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", help="continue after a previous page")
+    p.set_defaults(ops="held-list")
     for verb, text in (("release", "held fallbacks fire now"), ("drop", "held fallbacks never fire")):
         p = held_sub.add_parser(verb, parents=[common, act], help=text)
         p.add_argument("--channel")
@@ -112,6 +146,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--all", action="store_true", help="every held fallback (needed without another filter)"
         )
         p.add_argument("--limit", type=int)
+        p.add_argument("--dry-run", action="store_true", help="only show how many would be affected")
+        p.add_argument("--yes", action="store_true", help="confirm --all (without it, --all only previews)")
+        if verb == "release":
+            p.add_argument(
+                "--force", action="store_true", help="also those held as sms_unknown (their SMS may be out)"
+            )
         p.set_defaults(ops="held")
 
     dead = sub.add_parser("dead-letters", help="queue messages that could not be parsed")
@@ -168,7 +208,9 @@ class Client:
         if status < 300:
             return data
         error = data.get("error", {}) if isinstance(data, dict) else {}
-        message = (f"{error['field']}: " if error.get("field") else "") + str(error.get("message", status))
+        field = error.get("field")
+        flag = FIELD_FLAGS.get(str(field), str(field)) if field else ""
+        message = (f"{flag}: " if flag else "") + str(error.get("message", status))
         code = {401: USAGE, 400: USAGE, 404: REFUSED, 409: REFUSED}.get(status, UNAVAILABLE)
         if status == 401:
             message += " (check FALLBACK_API_TOKEN)"
@@ -213,31 +255,14 @@ async def _command(api: Client, args: argparse.Namespace) -> tuple[Any, str]:
         return stats, cli_render.render_stats(stats)
     body: dict[str, Any] = {"actor": getattr(args, "actor", None), "reason": getattr(args, "reason", None)}
     if args.ops in ("cancel", "fire", "redrive"):
-        if args.ops == "redrive":
+        if args.ops in ("redrive", "fire"):
             body["force"] = args.force
         done = await api.call("POST", f"/v1/messages/{args.id}/{args.ops}", body=body)
-        return done, (
-            f"{args.ops}: {done['id']} → chat {done['chat_state']}, fallback {done['fallback_state']}"
-            f" ({done['outcome']})"
-        )
+        return done, cli_render.render_action(args.ops, done)
+    if args.ops == "held-list":
+        return await _held_list(api, args)
     if args.ops == "held":
-        body |= {
-            "channel": args.channel,
-            "hold_reason": args.hold_reason,
-            "ids": args.ids,
-            "all": args.all,
-            "limit": args.limit,
-        }
-        done = await api.call(
-            "POST", f"/v1/held/{args.held_action}", body={k: v for k, v in body.items() if v is not None}
-        )
-        text = (
-            f"{args.held_action}: {done['done']} of {done['matched']} held fallback(s)"
-            f" ({done['refused']} refused{', more remain: run again' if done['more'] else ''})"
-        )
-        if done.get("not_held"):
-            text += f"\nnot held: {', '.join(done['not_held'])}"
-        return done, text
+        return await _held(api, args, body)
     if args.ops == "dead-list":
         page = await api.call(
             "GET",
@@ -266,6 +291,66 @@ async def _command(api: Client, args: argparse.Namespace) -> tuple[Any, str]:
             f" duplicates {done['duplicates']}, parked {done['parked']}"
         )
     raise AssertionError(args.ops)
+
+
+async def _held_list(api: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    """Held fallbacks via the search API (fallback_state=held), filtered by hold reason here."""
+    params = {"fallback_state": "held", "limit": str(args.limit)}
+    for name in ("channel", "cursor"):
+        if getattr(args, name):
+            params[name] = getattr(args, name)
+    page = await api.call("GET", "/v1/messages", params=params)
+    if args.hold_reason:
+        page = {**page, "messages": [m for m in page["messages"] if m.get("hold_reason") == args.hold_reason]}
+    text = cli_render.render_list(page)
+    if not page["messages"]:
+        text = "no held fallback matches"
+    return page, text
+
+
+async def _held(api: Client, args: argparse.Namespace, body: dict[str, Any]) -> tuple[Any, str]:
+    """Release or drop held fallbacks; `--dry-run`, and `--all` without `--yes`, only preview the count."""
+    verb = args.held_action
+    if not (args.channel or args.hold_reason or args.ids or args.all):
+        raise Failure(
+            USAGE,
+            f"held {verb}: give --channel, --hold-reason or --id, or --all to act on every held fallback",
+        )
+    if args.dry_run or (args.all and not args.yes and not (args.channel or args.hold_reason or args.ids)):
+        stats = await api.call("GET", "/v1/stats", params={"window": "60"})
+        groups = [
+            h
+            for h in stats["held"]["by_reason_channel"]
+            if (not args.channel or h["channel"] == args.channel)
+            and (not args.hold_reason or h["reason"] == args.hold_reason)
+        ]
+        count = len(args.ids) if args.ids else sum(int(h["count"]) for h in groups)
+        preview = {"action": verb, "would_match": count, "groups": groups, "done": 0}
+        text = cli_render.render_held_preview(verb, count, groups, by_ids=bool(args.ids))
+        if not args.dry_run:
+            text += f"\nnothing done: run again with --yes to {verb} them"
+        return preview, text
+    body |= {
+        "channel": args.channel,
+        "hold_reason": args.hold_reason,
+        "ids": args.ids,
+        "all": args.all,
+        "limit": args.limit,
+        "force": getattr(args, "force", None) or None,
+    }
+    done = await api.call("POST", f"/v1/held/{verb}", body={k: v for k, v in body.items() if v is not None})
+    text = (
+        f"{verb}: {done['done']} of {done['matched']} held fallback(s)"
+        f" ({done['refused']} refused{', more remain: run again' if done['more'] else ''})"
+    )
+    if done.get("not_held"):
+        text += f"\nnot held: {', '.join(done['not_held'])}"
+    if done.get("needs_force"):
+        text += (
+            f"\nleft held (their SMS may have gone out; check the provider, then --force): "
+            f"{', '.join(done['needs_force'])}"
+        )
+    return done, text
 
 
 async def _status(api: Client, ref: str) -> tuple[Any, str]:

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 EVENT_KEYS = frozenset({"at", "kind", "outcome", "actor", "reason", "action", "chat", "fallback"})
+# Detail keys an operator reads first (a Failed receipt's error code above all); the rest follow as stored.
+DETAIL_FIRST = ("error_code", "error", "status", "sms_status")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -61,21 +63,45 @@ def render_message(m: Mapping[str, Any]) -> str:
         who = f"{e['actor']}: {e.get('reason') or '-'}" if e.get("actor") else ""
         rest = {k: v for k, v in e.items() if k not in EVENT_KEYS and v is not None}
         state = f"{e['chat']}/{e['fallback']}" if "chat" in e else ""
-        rows.append(
-            [
-                when(e["at"]),
-                e["kind"],
-                e.get("outcome", ""),
-                state,
-                who,
-                json.dumps(rest, ensure_ascii=False)[:100],
-            ]
-        )
+        rows.append([when(e["at"]), e["kind"], outcome(e.get("outcome", "")), state, who, detail(rest)])
     return (
         "\n".join(lines)
         + "\n\n"
         + table(["AT", "EVENT", "OUTCOME", "CHAT/FALLBACK", "WHO: WHY", "DETAIL"], rows)
     )
+
+
+def outcome(value: str) -> str:
+    """`receipt_stale` (a Sent report after the send answer, say) changed nothing: say so, not alarm."""
+    return f"{value} (no change)" if value.endswith("_stale") else value
+
+
+def detail(rest: Mapping[str, Any]) -> str:
+    """The event's details as JSON, whole (never cut: a Failed receipt's error code must stay visible)."""
+    ordered = {k: rest[k] for k in DETAIL_FIRST if k in rest} | dict(rest)
+    return json.dumps(ordered, ensure_ascii=False)
+
+
+def render_action(verb: str, done: Mapping[str, Any]) -> str:
+    """One line for cancel / fire / redrive, in words: a fired fallback is due now, not "armed"."""
+    mid, chat, fallback = done["id"], done["chat_state"], done["fallback_state"]
+    if verb == "fire":
+        return (
+            f"fire: {mid}: the SMS fallback is due now and goes out within seconds (chat {chat});"
+            f" `fallback-daemon status {mid}` shows when it is sent"
+        )
+    if verb == "cancel":
+        return f"cancel: {mid}: the SMS fallback will not be sent (fallback {fallback}, chat {chat})"
+    return f"redrive: {mid} → chat {chat}, fallback {fallback} ({done['outcome']})"
+
+
+def render_held_preview(verb: str, count: int, groups: Sequence[Mapping[str, Any]], *, by_ids: bool) -> str:
+    """What `held release|drop` would act on (a preview; nothing is done)."""
+    lines = [f"held {verb} would act on {count} held fallback(s)" + (" (given by id)" if by_ids else "")]
+    rows = [[str(g["reason"]), str(g["channel"]), str(g["count"]), ago(g.get("oldest_s"))] for g in groups]
+    if rows and not by_ids:
+        lines.append(table(["HOLD REASON", "CHANNEL", "HELD", "OLDEST"], rows))
+    return "\n".join(lines)
 
 
 def render_list(page: Mapping[str, Any]) -> str:
@@ -111,7 +137,11 @@ def render_stats(s: Mapping[str, Any]) -> str:
         f"  double delivered {f['double_delivered']['total']}  {counts(f['double_delivered']['by_reason'])}",
         f"  suppressed       {f['suppressed']['total']}  {counts(f['suppressed']['by_reason'])}",
         f"pending timers     {t['total']}  " + " | ".join(f"{k} {v}" for k, v in t["buckets"].items()),
-        f"held               {s['held']['total']}  {counts(s['held']['by_reason'])}",
+        f"held               {s['held']['total']}  {counts(s['held']['by_reason'])}"
+        + "".join(
+            f"\n  {h['reason']:<16} {h['channel']} {h['count']} (oldest {ago(h.get('oldest_s'))})"
+            for h in s["held"].get("by_reason_channel", [])
+        ),
         f"pipeline           waiting to send {p['queued_due']}"
         + (f" (oldest {ago(p['oldest_queued_s'])})" if p["oldest_queued_s"] else "")
         + f", retrying {p['queued_retry']}, sending {p['sending']} ({p['sending_stale']} past lease),"

@@ -6,6 +6,7 @@ No other module reads os.environ. A bad value raises ConfigError naming the vari
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import pathlib
 from collections.abc import Callable, Mapping
@@ -49,6 +50,7 @@ class Settings:
     """Every setting of the daemon. See the README's configuration table for the environment names."""
 
     database_url: Secret | None = None
+    db_connect_wait_s: float = 30.0  # how long start-up retries a database that refuses connections
     data_dir: pathlib.Path = pathlib.Path(".data")
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -65,7 +67,11 @@ class Settings:
     send_concurrency: int = 64
     send_max_attempts: int = 8
     send_timeout_s: float = 10.0
-    sms_max_attempts: int = 5
+    sms_max_attempts: int = 60  # a cap besides the window (60 capped 60 s steps ≈ the 30 min window)
+    sms_retry_window_s: float = 1800.0  # durable SMS retries ride out a provider outage this long
+    reconcile_delay_s: float = 60.0  # first provider lookup of an ambiguous send, after its request
+    reconcile_max_attempts: int = 6
+    cams_cust_space_id: str = ""  # for ListChatappMessage when a message's params carry no CustSpaceId
     fire_batch: int = 500
     firing_lease_s: float = 120.0
     recovery_mode: str = "park"  # park (at-most-once) | resend (at-least-once)
@@ -263,6 +269,7 @@ def _mns_queue_name(raw: str) -> str:
 # environment variable -> (Settings field, parser)
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATABASE_URL": ("database_url", _dsn),
+    "FALLBACK_DB_CONNECT_WAIT_S": ("db_connect_wait_s", _float(0, 3600)),
     "FALLBACK_DATA_DIR": ("data_dir", pathlib.Path),
     "FALLBACK_HTTP_HOST": ("http_host", str),
     "FALLBACK_HTTP_PORT": ("http_port", _int(0, 65535)),
@@ -279,7 +286,11 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "FALLBACK_SEND_CONCURRENCY": ("send_concurrency", _int(1, 4096)),
     "FALLBACK_SEND_MAX_ATTEMPTS": ("send_max_attempts", _int(1, 100)),
     "FALLBACK_SEND_TIMEOUT_S": ("send_timeout_s", _float(0.1, 120)),
-    "FALLBACK_SMS_MAX_ATTEMPTS": ("sms_max_attempts", _int(1, 100)),
+    "FALLBACK_SMS_MAX_ATTEMPTS": ("sms_max_attempts", _int(1, 10000)),
+    "FALLBACK_SMS_RETRY_WINDOW_S": ("sms_retry_window_s", _float(0, 7 * 86400)),
+    "FALLBACK_RECONCILE_DELAY_S": ("reconcile_delay_s", _float(0, 86400)),
+    "FALLBACK_RECONCILE_MAX_ATTEMPTS": ("reconcile_max_attempts", _int(0, 1000)),
+    "FALLBACK_CAMS_CUST_SPACE_ID": ("cams_cust_space_id", str),
     "FALLBACK_FIRE_BATCH": ("fire_batch", _int(1, 100000)),
     "FALLBACK_FIRING_LEASE_S": ("firing_lease_s", _float(1, 86400)),
     "FALLBACK_RECOVERY_MODE": ("recovery_mode", _choice("park", "resend")),
@@ -324,12 +335,28 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
+PREFIX = "FALLBACK_"
+
+
+def check_known(environ: Mapping[str, str]) -> None:
+    """Refuse a `FALLBACK_*` variable the daemon does not read: a typo would otherwise be silently ignored.
+
+    Raises:
+        errors.ConfigError: naming the first unknown variable (sorted) and the closest known name.
+    """
+    for var in sorted(v for v in environ if v.startswith(PREFIX) and v not in ENV):
+        close = difflib.get_close_matches(var, [k for k in ENV if k.startswith(PREFIX)], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (see the README's configuration table)"
+        raise errors.ConfigError(var, f"unknown setting{hint}")
+
+
 def load(environ: Mapping[str, str], **overrides: object) -> Settings:
     """Build Settings from the environment; `overrides` (already typed) win over it.
 
     Raises:
-        errors.ConfigError: naming the first variable whose value is invalid.
+        errors.ConfigError: naming the first variable whose value is invalid, or an unknown `FALLBACK_*` one.
     """
+    check_known(environ)
     values: dict[str, object] = {}
     for var, (field, parse) in ENV.items():
         raw = environ.get(var)

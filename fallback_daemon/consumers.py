@@ -66,10 +66,8 @@ class QueueConsumer:
             except (errors.TransientError, errors.StoreError, errors.PermanentError) as exc:
                 failures += 1
                 log.warning("queue_poll_failed", queue=self.queue.name, error=str(exc), failures=failures)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff(failures, cap=30.0))
-                except TimeoutError:
-                    pass
 
     async def poll_once(self, stop: asyncio.Event | None = None) -> service.IngestResult | None:
         """Receive one batch, commit it, then delete it. Returns None when the queue was empty.

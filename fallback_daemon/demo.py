@@ -2,6 +2,8 @@
 
 Outcomes come from the sandbox's suffix table (last digit of To): 0-2 read, 3-4 delivered, 5 failed,
 6 silent, 7 late, 8 rejected, 9 early receipt. FallBackDuration is shortened by the sandbox-only timer scale.
+The live view and the summary count only the messages this run submitted (a second demo on the same
+database summarises its own run).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import contextlib
 import dataclasses
 import sys
 import time
+import uuid
 from typing import Any
 
 import aiohttp
 
-from fallback_daemon import app, config
+from fallback_daemon import app, config, sql
 
 RULES = ("undelivered", "undelivered", "unread", "sentFailed")
 CHAT = ("accepted", "sending", "unknown", "sent", "delivered", "read", "failed", "send_failed")
@@ -47,7 +50,7 @@ def demo_body(i: int) -> dict[str, Any]:
 
 
 class View:
-    """A live terminal table of counts by state (redrawn in place on a TTY, printed periodically otherwise)."""
+    """A live table of counts by state (redrawn in place on a TTY, printed periodically otherwise)."""
 
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
@@ -66,18 +69,16 @@ class View:
         self.lines = text.count("\n") + 1
 
 
-async def snapshot(running: app.Running) -> dict[str, Any]:
+async def snapshot(running: app.Running, ids: list[uuid.UUID]) -> dict[str, Any]:
+    """Counts by state of this run's messages (`ids`), double deliveries, and how many are in flight."""
     chat: dict[str, int] = dict.fromkeys(CHAT, 0)
     fallback: dict[str, int] = dict.fromkeys(FALLBACK, 0)
-    double = 0
-    for r in await running.svc.counts():
+    double = pending = 0
+    for r in await running.svc.db.fetch(sql.queries["demo_counts"], ids):
         chat[r["chat_state"]] += r["n"]
         fallback[r["fallback_state"]] += r["n"]
         double += r["double_delivered"]
-    pending = await running.svc.db.fetchval(
-        "SELECT count(*) FROM messages WHERE chat_state IN ('accepted','sending') "
-        "OR fallback_state = 'firing' OR (fallback_state = 'armed' AND due_at IS NOT NULL)"
-    )
+        pending += r["pending"]
     return {"chat": chat, "fallback": fallback, "double": double, "pending": pending}
 
 
@@ -112,29 +113,36 @@ async def run(
     t0 = time.monotonic()
     headers = {"Authorization": f"Bearer {token}"}
     example = ""
+    ids: list[uuid.UUID] = []
+    run_key = uuid.uuid4().hex[:12]  # idempotency keys unique to this run
     async with aiohttp.ClientSession(headers=headers) as http:
         for i in range(count):
             async with http.post(
-                f"{running.url}/v1/messages", json=demo_body(i), headers={"Idempotency-Key": f"demo-{t0}-{i}"}
+                f"{running.url}/v1/messages",
+                json=demo_body(i),
+                headers={"Idempotency-Key": f"demo-{run_key}-{i}"},
             ) as resp:
                 resp.raise_for_status()
+                ids.append(uuid.UUID((await resp.json())["id"]))
                 if i == min(count - 1, 5):  # a message whose sandbox outcome is "failed" (To ends in 5)
-                    example = (await resp.json())["id"]
-            view.show(render(await snapshot(running), i + 1, count, t0, "sending"))
+                    example = str(ids[-1])
+            view.show(render(await snapshot(running, ids), i + 1, count, t0, "sending"))
             await asyncio.sleep(1 / rate)  # pacing the demo's own submissions, not synchronisation
-        while (snap := await snapshot(running))["pending"] and not daemon.done():
+        while (snap := await snapshot(running, ids))["pending"] and not daemon.done():
             view.show(render(snap, count, count, t0, "waiting for receipts and timers"))
             await asyncio.sleep(0.5)
         async with http.post(f"{running.sandbox_url}/sandbox/release-late") as resp:
             released = (await resp.json()).get("released", 0)
-        view.show(render(await snapshot(running), count, count, t0, f"released {released} late receipts"))
+        view.show(
+            render(await snapshot(running, ids), count, count, t0, f"released {released} late receipts")
+        )
         await asyncio.sleep(2)  # give the late receipts time to arrive before the summary
-    snap = await snapshot(running)
+    snap = await snapshot(running, ids)
     view.show(render(snap, count, count, t0, "done"), force=True)
     fired = sum(snap["fallback"][k] for k in ("firing", "sms_sent", "sms_delivered", "sms_failed"))
     print(
-        f"\nsummary: {count} messages; {fired} SMS fallbacks fired; {snap['fallback']['cancelled']} cancelled "
-        f"by a timely receipt; {snap['double']} double deliveries."
+        f"\nsummary of this run: {count} messages; {fired} SMS fallbacks fired;"
+        f" {snap['fallback']['cancelled']} cancelled by a timely receipt; {snap['double']} double deliveries."
     )
     print(f"look around:  curl -H 'Authorization: Bearer {token}' {running.url}/v1/messages/{example}")
     if stay_up:
@@ -147,7 +155,8 @@ async def run(
 
 
 async def _first(started: asyncio.Future[app.Running], daemon: asyncio.Task[None]) -> app.Running:
-    await asyncio.wait([started, daemon], return_when=asyncio.FIRST_COMPLETED)
+    waiting: list[asyncio.Future[Any]] = [started, daemon]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if not started.done():
         daemon.result()  # raises the start-up error
         raise RuntimeError("daemon stopped before it started")

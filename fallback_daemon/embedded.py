@@ -11,12 +11,12 @@ log = structlog.get_logger("fallback_daemon.embedded")
 
 
 def _start(data_dir: pathlib.Path) -> str:
-    import pgserver  # imported lazily: only needed without DATABASE_URL
+    from pgserver import postgres_server  # imported lazily: only needed without DATABASE_URL
 
     pgdata = (data_dir / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     # cleanup_mode="stop": the server stops when the last process using it exits.
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = postgres_server.get_server(pgdata, cleanup_mode="stop")
     _servers.append(server)  # keep the handle alive for the life of the process
     return str(server.get_uri())
 

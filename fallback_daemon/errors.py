@@ -6,10 +6,12 @@ FallbackDaemonError
 ├── StoreError                  Postgres unavailable or failing
 ├── ProviderError               an upstream call failed
 │   ├── TransientError          retry with backoff (throttling, 5xx, connect errors)
+│   │   └── Throttled           the provider asked us to slow down (optionally: for how long)
 │   ├── PermanentError          never retry (InvalidParameter.*, Authentication.*, template errors)
 │   └── AmbiguousError          the request may have reached the provider: never resent silently
 ├── NotFound                    an id that does not exist
-└── Conflict                    the object's state does not allow the request (409)
+├── Conflict                    the object's state does not allow the request (409)
+└── IdempotencyMismatch         an Idempotency-Key reused with a different request body (422)
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class Conflict(FallbackDaemonError):
     """The object's current state does not allow this request."""
 
 
+class IdempotencyMismatch(FallbackDaemonError):
+    """This Idempotency-Key was first used with a different request body; the key cannot be reused for it."""
+
+
 class ProviderError(FallbackDaemonError):
     """A provider call failed."""
 
@@ -70,3 +76,18 @@ class PermanentError(ProviderError):
 
 class AmbiguousError(ProviderError):
     """The request may have reached the provider; its outcome is unknown."""
+
+
+class Throttled(TransientError):
+    """The provider throttled the call; retry later (after `retry_after_s` when the provider said)."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str = "",
+        status: int = 0,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, code=code, status=status)

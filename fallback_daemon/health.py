@@ -32,6 +32,7 @@ class GateLoop:
         self.per_channel = per_channel or {}
         self.interval_s = interval_s
         self.wake = asyncio.Event()
+        self.watching_since: float | None = None  # database time of the first check
 
     def window(self, channel: str) -> float:
         return self.per_channel.get(channel, self.window_s)
@@ -67,8 +68,15 @@ class GateLoop:
                     window_s=self.window(channel),
                 )
             metrics.feed_gate.labels(channel).set(1 if closed else 0)
-            if row["last_receipt"] is not None:
-                metrics.feed_silent.labels(channel).set(max(0.0, row["now"] - row["last_receipt"]))
+            # Every watched channel has a silence gauge, also one that never had a receipt (an alert on it
+            # must not miss a feed that never came up): then it counts from this replica's first check.
+            self.watching_since = self.watching_since or row["now"]
+            last = row["last_receipt"] if row["last_receipt"] is not None else self.watching_since
+            metrics.feed_silent.labels(channel).set(max(0.0, row["now"] - last))
+            unanswered = row["earliest_unanswered"]
+            metrics.feed_unanswered.labels(channel).set(
+                0.0 if unanswered is None else max(0.0, row["now"] - unanswered)
+            )
         return states
 
 
@@ -78,6 +86,11 @@ async def refresh_gauges(svc: service.Service) -> None:
     if row is not None:
         metrics.pending_timers.set(row["pending_timers"])
         metrics.held.set(row["held"])
+    row = await svc.db.fetchrow(Q["metrics_overdue"], metrics.OVERDUE_AFTER_S, metrics.SMS_RECEIPT_WAIT_S)
+    if row is not None:
+        metrics.overdue_timers.set(row["overdue_timers"])
+        metrics.oldest_overdue.set(row["oldest_overdue_s"])
+        metrics.sms_without_receipt.set(row["sms_without_receipt"])
     metrics.messages_by_state.clear()
     for r in await svc.db.fetch(Q["recent_counts_by_state"], 3600.0):
         metrics.messages_by_state.labels(r["chat_state"], r["fallback_state"]).set(r["n"])

@@ -1,10 +1,12 @@
 """structlog set-up: JSON lines in production, console on a TTY; phone numbers masked, secrets never shown.
 
 Two processors run on every event after exceptions are formatted (so tracebacks are covered) and before
-rendering. `mask_phones` masks values of phone keys, and any standalone run of 8-15 digits (a `To` number) in
-free-text keys such as `error` or `exception`, at any depth. `scrub_secrets` replaces every registered secret
-value (`register_secrets(settings)`) and anything shaped like a credential (a DSN password, the token in a
-`/receipts/<token>/` path, a bearer token, `secret=…`) with `***`, in every string of the event.
+rendering. `mask_phones` masks phone numbers by key and by value: under a phone key (`to`, `msisdn`, …)
+every run of 6+ digits, and in every other string of the event, at any depth, any standalone run of 8-15
+digits (a number quoted in an error text, an operator `actor`, a receipt `Status` or `ErrorCode` that holds
+one). `scrub_secrets` replaces every registered secret value (`register_secrets(settings)`) and anything
+shaped like a credential (a DSN password, the token in a `/receipts/<token>/` path, a bearer token,
+`secret=…`) with `***`, in every string of the event. `mask_text` applies both to one text (error answers).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import logging
 import re
 import sys
+import typing
 import urllib.parse
 from collections.abc import Iterable, MutableMapping
 from typing import IO, Any
@@ -110,44 +113,52 @@ def mask_phone(value: str) -> str:
     return f"{digits[:3]}{'*' * (len(digits) - 5)}{digits[-2:]}"
 
 
-def _mask(value: Any, pattern: re.Pattern[str] | None) -> Any:
-    """Mask digit runs matching `pattern` in strings (None: leave strings); recurse into containers."""
+def _mask_match(match: re.Match[str]) -> str:
+    return mask_phone(match.group())
+
+
+def _mask(value: Any, pattern: re.Pattern[str]) -> Any:
+    """Mask digit runs matching `pattern` in strings (and phone-sized ints); recurse into containers."""
     if isinstance(value, str):
-        if pattern is None or len(value) < 6:  # both patterns need six digits at least
+        if len(value) < 6:  # both patterns need six digits at least
             return value
-        return pattern.sub(lambda m: mask_phone(m.group()), value)
+        return pattern.sub(_mask_match, value)
     if isinstance(value, dict):
         return {k: _mask(v, _pattern_for(k, pattern)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_mask(v, pattern) for v in value)
+    if pattern is _DIGITS and isinstance(value, int) and not isinstance(value, bool):
+        return _mask(str(value), pattern)
     return value
 
 
-def _pattern_for(key: object, inherited: re.Pattern[str] | None) -> re.Pattern[str] | None:
-    name = str(key).lower()
-    if name in PHONE_KEYS:
-        return _DIGITS
-    if name in TEXT_KEYS:
-        return inherited if inherited is _DIGITS else _PHONE_IN_TEXT
-    return inherited
+def _pattern_for(key: object, inherited: re.Pattern[str]) -> re.Pattern[str]:
+    """A phone key masks every long digit run below it; any other key keeps what its parent used."""
+    return _DIGITS if str(key).lower() in PHONE_KEYS else inherited
 
 
-_SENSITIVE_KEYS = PHONE_KEYS | TEXT_KEYS
 _CONTAINERS = (dict, list, tuple)
 
 
 def mask_phones(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A processor: mask phone numbers in phone keys and in free-text keys, at any depth.
+    """A processor: mask phone numbers by key (phone keys) and by value (every other string), at any depth.
 
-    Runs on every event, so the top level is a set intersection (event keys are lower-case identifiers);
-    nested mappings (provider payloads: "To", "PhoneNumbers") are matched case-insensitively.
+    Runs on every event: most values are short strings or numbers and are passed over by a length or type
+    test before any regex runs. Nested mappings (provider payloads: "To", "PhoneNumbers") match
+    case-insensitively.
     """
-    for key in _SENSITIVE_KEYS & event.keys():
-        event[key] = _mask(event[key], _pattern_for(key, None))
     for key, value in event.items():
-        if isinstance(value, _CONTAINERS) and key not in _SENSITIVE_KEYS:
-            event[key] = _mask(value, None)
+        if isinstance(value, str):
+            if len(value) >= 6:
+                event[key] = _mask(value, _DIGITS if key in PHONE_KEYS else _PHONE_IN_TEXT)
+        elif isinstance(value, _CONTAINERS) or (key in PHONE_KEYS and isinstance(value, int)):
+            event[key] = _mask(value, _pattern_for(key, _PHONE_IN_TEXT))
     return event
+
+
+def mask_text(text: str) -> str:
+    """`text` as it may be shown or logged: phone-shaped digit runs masked, secrets scrubbed."""
+    return scrub(_mask(text, _PHONE_IN_TEXT))
 
 
 def _key_value(match: re.Match[str]) -> str:
@@ -230,7 +241,7 @@ def configure(
     structlog.configure(
         processors=[*processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=typing.cast(typing.TextIO, out)),
         cache_logger_on_first_use=cache,
     )
     handler = _StdlibHandler(out)

@@ -1,49 +1,73 @@
 """Supervised loops: the sender, the timer (fallback firing), and the recovery sweep.
 
 Each loop stops claiming when `stop` is set, lets in-flight provider calls finish within the grace period,
-and always re-raises CancelledError.
+and always re-raises CancelledError. Every outbound call is a durable attempt: claimed with a lease, marked in
+flight (its own commit) just before the request is written, and retried through the database, never in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import datetime
+import functools
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import structlog
 
-from fallback_daemon import errors, metrics, policy, ports, ratelimit, service
-from fallback_daemon.providers import acs, sms_routing
+from fallback_daemon import errors, metrics, model, policy, ports, service
 
 log = structlog.get_logger("fallback_daemon.loops")
 
 
-def template_params(row: asyncpg.Record) -> dict[str, str]:
-    """The message's TemplateParams (stored as the JSON string sent to CAMS), for template SMS providers."""
-    raw = row["template_params"]
-    if not raw:
-        return {}
-    value = json.loads(raw)
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
     """Capped exponential backoff with full jitter in [½, 1] of the step."""
-    step = min(cap, base * 2 ** max(0, attempt - 1))
+    step = min(cap, base * 2.0 ** max(0, attempt - 1))
     return step * (0.5 + random.random() / 2)
 
 
-async def wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Sleep until `wake` or `stop` is set, or `timeout` passes; clears `wake`."""
-    if timeout > 0 and not stop.is_set() and not wake.is_set():
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep `seconds`, returning early when `stop` is set (the one stoppable sleep of the loops)."""
+    if seconds > 0 and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def supervise(name: str, stop: asyncio.Event, run: Callable[[], Awaitable[None]]) -> None:
+    """Run a loop until `stop`; an unexpected exception is logged and the loop restarted after a backoff.
+
+    Database faults are weather, not death: a loop that meets an error nobody mapped (a driver state error
+    after a server restart, say) must not end the TaskGroup and with it the process.
+    """
+    failures = 0
+    while not stop.is_set():
+        try:
+            await run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the supervisor's whole job: keep the loop alive
+            failures += 1
+            metrics.loop_restarts.labels(name).inc()
+            log.error(
+                "loop_crashed",
+                loop=name,
+                failures=failures,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            await sleep_or_stop(stop, backoff(failures, cap=10.0))
+
+
+async def wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep until `wake` or `stop` is set, or `seconds` pass; clears `wake`."""
+    if seconds > 0 and not stop.is_set() and not wake.is_set():
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
@@ -53,16 +77,20 @@ async def wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> 
 class Writer:
     """Collects outcomes from concurrent provider calls and applies them in batched transactions."""
 
-    def __init__(self, svc: service.Service, *, max_batch: int = 500) -> None:
+    def __init__(self, svc: ports.EngineStore, *, max_batch: int = 500, grace_s: float = 10.0) -> None:
         self._svc = svc
         self._queue: asyncio.Queue[service.Outcome] = asyncio.Queue()
         self._max = max_batch
+        self._grace_s = grace_s
+        self._done: asyncio.Event | None = None
+        self._deadline: float | None = None  # monotonic; set when shutdown begins
 
     def put(self, outcome: service.Outcome) -> None:
         self._queue.put_nowait(outcome)
 
     async def run(self, done: asyncio.Event) -> None:
-        """Apply batches until `done` is set and the queue is drained."""
+        """Apply batches until `done` is set and the queue is drained (or the grace after `done` ran out)."""
+        self._done = done
         while not (done.is_set() and self._queue.empty()):
             get = asyncio.ensure_future(self._queue.get())
             finished = asyncio.ensure_future(done.wait())
@@ -77,14 +105,25 @@ class Writer:
             await self._apply(batch)
 
     async def _apply(self, batch: list[service.Outcome]) -> None:
-        for attempt in range(1, 1000):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self._svc.apply(batch)
                 return
             except errors.StoreError as exc:
-                # Nothing is lost while we retry: the rows keep their leases until the recovery sweep.
+                # Nothing is lost while we retry: the rows keep their leases and in-flight marks, so the
+                # recovery sweep (any replica) reconciles them with the provider if we never get to write.
                 log.warning("outcome_write_failed", error=str(exc), attempt=attempt, batch=len(batch))
-                await asyncio.sleep(backoff(attempt, cap=5.0))
+            if self._done is not None and self._done.is_set():
+                now = time.monotonic()
+                self._deadline = self._deadline or now + self._grace_s
+                if now >= self._deadline:
+                    log.error("outcomes_left_to_recovery", batch=len(batch), pending=self._queue.qsize())
+                    while not self._queue.empty():  # the same holds for every outcome still queued
+                        self._queue.get_nowait()
+                    return
+            await asyncio.sleep(backoff(attempt, cap=5.0))
 
 
 class Pool:
@@ -141,9 +180,9 @@ class SenderLoop:
 
     def __init__(
         self,
-        svc: service.Service,
+        svc: ports.EngineStore,
         chat: ports.ChatApi,
-        limiter: ratelimit.RateLimiter,
+        limiter: ports.RateLimit,
         *,
         concurrency: int,
         max_attempts: int,
@@ -152,7 +191,7 @@ class SenderLoop:
     ) -> None:
         self.svc, self.chat, self.limiter = svc, chat, limiter
         self.pool = Pool(concurrency, "send")
-        self.writer = Writer(svc)
+        self.writer = Writer(svc)  # its grace is set from run()'s
         self.max_attempts = max_attempts
         self.lease_s = lease_s
         self.poll_s = poll_s
@@ -162,6 +201,7 @@ class SenderLoop:
     async def run(self, stop: asyncio.Event, grace_s: float) -> None:
         writer_done = asyncio.Event()
         self._stop = stop
+        self.writer._grace_s = grace_s
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(writer_done), name="send-writer")
             try:
@@ -200,41 +240,42 @@ class SenderLoop:
             # Claimed but never sent: hand them back rather than let the lease call their outcome unknown.
             for row in rows:
                 with contextlib.suppress(errors.StoreError):
-                    await self.svc.retry_send(row["id"], 0.0, "rate limiter unavailable")
+                    await self.svc.retry_send(row.id, 0.0, "rate limiter unavailable", row.attempt)
             raise
         for row, slot in zip(rows, slots, strict=True):
-            await self.pool.submit(lambda row=row, slot=slot: self._send(row, slot))
+            await self.pool.submit(functools.partial(self._send, row, slot))
         return len(rows)
 
-    async def _send(self, row: asyncpg.Record, slot: float) -> None:
-        mid: uuid.UUID = row["id"]
+    async def _send(self, row: model.ClaimedSend, slot: float) -> None:
+        mid, attempt = row.id, row.attempt
+        # Claimed is not in flight: only a committed mark lets the request out. The mark is written before the
+        # wait for the send slot (at most the limiter's horizon away), so its round trip never delays the call
+        # past its slot; a crash in between leaves a mark that reconciliation resolves (CAMS says absent).
+        try:
+            if not await self.svc.mark_send_started(mid, attempt):
+                log.warning("send_claim_lost", message_id=str(mid), attempt=attempt)
+                return
+        except (
+            errors.StoreError
+        ) as exc:  # not marked: the lease runs out and the message is simply sent again
+            log.warning("send_mark_failed", message_id=str(mid), error=str(exc))
+            return
         try:
             kept = await self.limiter.wait(slot, self._stop)
         except errors.StoreError as exc:  # a missed slot could not be replaced
             kept, reason = None, f"rate limiter unavailable: {exc}"
         else:
             reason = "shutting down before its send slot"
-        if kept is None:  # never sent: hand the message back now instead of leaving it to the lease
+        if kept is None:  # never sent: hand the message back now (clears the mark) instead of leaving it
             with contextlib.suppress(errors.StoreError):
-                await self.svc.retry_send(mid, 0.0, reason)
+                await self.svc.retry_send(mid, 0.0, reason, attempt)
             return
         started = time.perf_counter()
         try:
-            pid = await self.chat.send(task_id=str(mid), params=row["params"])
+            pid = await self.chat.send(task_id=str(mid), params=row.params)
         except errors.TransientError as exc:
             metrics.provider_latency.labels("cams").observe(time.perf_counter() - started)
-            if acs.is_throttling(exc.code):
-                metrics.throttled.labels("cams").inc()
-            if row["send_attempts"] >= self.max_attempts:
-                metrics.sends.labels("failed").inc()
-                self.writer.put(
-                    service.Outcome(
-                        message_id=mid, event=policy.SendFailed(), error=f"retries exhausted: {exc}"
-                    )
-                )
-            else:
-                metrics.sends.labels("retry").inc()
-                await self.svc.retry_send(mid, backoff(row["send_attempts"]), str(exc))
+            await self._retry_later(mid, attempt, exc)
         except errors.PermanentError as exc:
             metrics.provider_latency.labels("cams").observe(time.perf_counter() - started)
             metrics.sends.labels("failed").inc()
@@ -254,13 +295,38 @@ class SenderLoop:
                 )
             )
 
+    async def _retry_later(self, mid: uuid.UUID, attempt: int, exc: errors.TransientError) -> None:
+        """Nothing arrived (refused, throttled, 5xx): back to `accepted` after a backoff, or failed."""
+        throttled = isinstance(exc, errors.Throttled)
+        if throttled:
+            metrics.throttled.labels("cams").inc()
+        if attempt >= self.max_attempts:
+            metrics.sends.labels("failed").inc()
+            self.writer.put(
+                service.Outcome(message_id=mid, event=policy.SendFailed(), error=f"retries exhausted: {exc}")
+            )
+            return
+        metrics.sends.labels("retry").inc()
+        delay = backoff(attempt)
+        if isinstance(exc, errors.Throttled) and exc.retry_after_s:
+            delay = max(delay, exc.retry_after_s)
+        try:
+            await self.svc.retry_send(mid, delay, str(exc), attempt)
+        except errors.StoreError as db_exc:  # the mark stays: recovery reconciles (CAMS will say absent)
+            log.warning("send_retry_not_recorded", message_id=str(mid), error=str(db_exc))
+
 
 class TimerLoop:
-    """Fires due fallbacks: claim (armed → firing, committed), then send the SMS, then record it."""
+    """Fires due fallbacks: claim (armed → firing, committed), mark in flight, send the SMS, record it.
+
+    A provider that refuses the connection, throttles or answers 5xx proved nothing went out: the attempt goes
+    back to the database (`retry_sms`, capped jittered backoff) and is claimed again when due, for as long as
+    the retry window lasts; only a permanent answer or an exhausted window is final.
+    """
 
     def __init__(
         self,
-        svc: service.Service,
+        svc: ports.EngineStore,
         sms: ports.SmsGateway,
         *,
         batch: int,
@@ -268,17 +334,20 @@ class TimerLoop:
         max_sleep_s: float,
         concurrency: int,
         sms_max_attempts: int,
+        retry_window_s: float = 1800.0,
+        retry_cap_s: float = 60.0,
     ) -> None:
         self.svc, self.sms = svc, sms
         self.batch, self.lease_s, self.max_sleep_s = batch, lease_s, max_sleep_s
         self.pool = Pool(concurrency, "sms")
         self.writer = Writer(svc)
         self.sms_max_attempts = sms_max_attempts
+        self.retry_window_s, self.retry_cap_s = retry_window_s, retry_cap_s
         self.wake = asyncio.Event()
-        self.on_fired: Callable[[asyncpg.Record], None] | None = None
 
     async def run(self, stop: asyncio.Event, grace_s: float) -> None:
         writer_done = asyncio.Event()
+        self.writer._grace_s = grace_s
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(writer_done), name="sms-writer")
             try:
@@ -293,7 +362,11 @@ class TimerLoop:
                 rows = await self.svc.claim_due(self.batch, self.lease_s)
                 for row in rows:
                     await self.submit(row)
-                if len(rows) == self.batch:
+                retries = await self.svc.claim_sms_retries(self.batch, self.lease_s)
+                for row in retries:
+                    metrics.recovered.labels("sms_retry").inc()
+                    await self.pool.submit(functools.partial(self._send_sms, row))
+                if len(rows) == self.batch or len(retries) == self.batch:
                     continue  # more are due right now
                 delay = await self.svc.next_due_in()
             except errors.StoreError as exc:
@@ -303,99 +376,273 @@ class TimerLoop:
             sleep = self.max_sleep_s if delay is None else min(self.max_sleep_s, max(0.0, delay))
             await wait_any(stop, self.wake, sleep)
 
-    async def submit(self, row: asyncpg.Record, *, resend: bool = False) -> None:
+    async def submit(self, row: model.FallbackSms, *, resend: bool = False) -> None:
         if resend:
             metrics.recovered.labels("resend").inc()
             await self.pool.submit(lambda: self._send_sms(row))
             return
-        if row["fallback_state"] == "held":
-            metrics.fallbacks_held.labels(row["hold_reason"] or "unknown").inc()
-            log.warning(
-                "fallback_held", message_id=str(row["id"]), reason=row["hold_reason"], channel=row["channel"]
-            )
+        if row.held:
+            metrics.fallbacks_held.labels(row.hold_reason or "unknown").inc()
+            log.warning("fallback_held", message_id=str(row.id), reason=row.hold_reason, channel=row.channel)
             return
-        metrics.fallbacks_fired.labels(row["fire_reason"] or "unknown").inc()
+        metrics.fallbacks_fired.labels(row.fire_reason or "unknown").inc()
         # The operator's "what happened to the message for +65…?" line; logs.mask_phones masks `to`.
         log.info(
             "fallback_firing",
-            message_id=str(row["id"]),
-            reason=row["fire_reason"],
-            channel=row["channel"],
-            to=row["to_number"],
+            message_id=str(row.id),
+            reason=row.fire_reason,
+            channel=row.channel,
+            to=row.to,
         )
-        if row["lateness_s"] is not None and row["fire_reason"] == "timeout":
-            metrics.timer_lateness.observe(max(0.0, row["lateness_s"]))
-        if self.on_fired is not None:
-            self.on_fired(row)
+        if row.lateness_s is not None and row.fire_reason == "timeout":
+            metrics.timer_lateness.observe(max(0.0, row.lateness_s))
         await self.pool.submit(lambda: self._send_sms(row))
 
-    async def _send_sms(self, row: asyncpg.Record) -> None:
-        mid: uuid.UUID = row["id"]
-        text = row["sms_text"] or ""
+    async def _send_sms(self, row: model.FallbackSms) -> None:
+        mid, attempt = row.id, row.attempt
         # A router picks the provider per To prefix / channel; the event then names the provider that sent it.
-        gateway = (
-            self.sms.pick(to=row["to_number"], channel=row["channel"] or "")
-            if isinstance(self.sms, sms_routing.SmsRouter)
-            else self.sms
-        )
-        for attempt in range(1, self.sms_max_attempts + 1):
-            started = time.perf_counter()
-            try:
-                sms_id = await gateway.send(
-                    fallback_id=str(mid), to=row["to_number"], text=text, template_params=template_params(row)
+        gateway = self.sms.route(to=row.to, channel=row.channel)
+        try:
+            if not await self.svc.mark_sms_started(mid, attempt):
+                log.warning("sms_claim_lost", message_id=str(mid), attempt=attempt)
+                return
+        except errors.StoreError as exc:  # not in flight: the lease runs out and claim_sms_retries resends
+            log.warning("sms_mark_failed", message_id=str(mid), error=str(exc))
+            return
+        started = time.perf_counter()
+        try:
+            sms_id = await gateway.send(
+                fallback_id=str(mid),
+                to=row.to,
+                text=row.text,
+                template_params=row.template_params,
+            )
+        except errors.TransientError as exc:
+            metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
+            await self._retry_sms(row, gateway.name, exc)
+        except errors.PermanentError as exc:
+            metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
+            metrics.fallback_sms.labels("rejected").inc()
+            self.writer.put(
+                service.Outcome(
+                    message_id=mid,
+                    event=policy.SmsRejected(),
+                    error=str(exc),
+                    detail={"provider": gateway.name},
                 )
-            except errors.TransientError as exc:
-                metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
-                if acs.is_throttling(exc.code):
-                    metrics.throttled.labels("sms").inc()
-                if attempt == self.sms_max_attempts:
-                    metrics.fallback_sms.labels("rejected").inc()
-                    self.writer.put(
-                        service.Outcome(
-                            message_id=mid, event=policy.SmsRejected(), error=f"retries exhausted: {exc}"
-                        )
-                    )
-                    return
-                await asyncio.sleep(backoff(attempt, cap=10.0))
-            except errors.PermanentError as exc:
-                metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
-                metrics.fallback_sms.labels("rejected").inc()
-                self.writer.put(service.Outcome(message_id=mid, event=policy.SmsRejected(), error=str(exc)))
-                return
-            except errors.AmbiguousError as exc:
-                metrics.fallback_sms.labels("unknown").inc()
-                # The SMS may have gone out: leave the row `firing`; the recovery sweep applies the
-                # configured policy (park = at-most-once, resend = at-least-once) after the lease.
-                log.warning("sms_outcome_unknown", message_id=str(mid), error=str(exc))
-                return
-            else:
-                metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
-                metrics.fallback_sms.labels("sent").inc()
-                self.writer.put(
-                    service.Outcome(
-                        message_id=mid,
-                        event=policy.SmsSent(),
-                        sms_provider_id=sms_id,
-                        detail={"sms_id": sms_id, "provider": gateway.name},
-                    )
+            )
+        except errors.AmbiguousError as exc:
+            metrics.fallback_sms.labels("unknown").inc()
+            # The SMS may have gone out: recorded now, still `firing` and marked in flight; after the lease
+            # the recovery sweep asks the provider (found / absent) before applying the configured policy.
+            log.warning("sms_outcome_unknown", message_id=str(mid), error=str(exc))
+            self.writer.put(
+                service.Outcome(
+                    message_id=mid,
+                    event=policy.SmsUnknown(),
+                    error=str(exc),
+                    detail={"provider": gateway.name},
                 )
-                return
+            )
+        else:
+            metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
+            metrics.fallback_sms.labels("sent").inc()
+            self.writer.put(
+                service.Outcome(
+                    message_id=mid,
+                    event=policy.SmsSent(),
+                    sms_provider_id=sms_id,
+                    detail={"sms_id": sms_id, "provider": gateway.name},
+                )
+            )
+
+    async def _retry_sms(self, row: model.FallbackSms, provider: str, exc: errors.TransientError) -> None:
+        mid, attempt = row.id, row.attempt
+        if isinstance(exc, errors.Throttled):
+            metrics.throttled.labels("sms").inc()
+        delay = backoff(attempt, base=1.0, cap=self.retry_cap_s)
+        if isinstance(exc, errors.Throttled) and exc.retry_after_s:
+            delay = max(delay, exc.retry_after_s)
+        age = row.firing_age_s
+        if age + delay > self.retry_window_s or attempt >= self.sms_max_attempts:
+            metrics.fallback_sms.labels("retries_exhausted").inc()
+            self.writer.put(
+                service.Outcome(
+                    message_id=mid,
+                    event=policy.SmsRetryExhausted(),
+                    hold_reason="sms_retries_exhausted",
+                    error=f"SMS retries exhausted after {attempt} attempt(s) over {age:.0f} s: {exc}",
+                    detail={"provider": provider, "attempts": attempt},
+                )
+            )
+            return
+        metrics.fallback_sms.labels("retry").inc()
+        try:
+            await self.svc.retry_sms(mid, attempt, delay, str(exc), provider)
+        except errors.StoreError as db_exc:
+            # The in-flight mark stays: recovery asks the provider, which will say the SMS is absent.
+            log.warning("sms_retry_not_recorded", message_id=str(mid), error=str(db_exc))
 
 
 class RecoveryLoop:
-    """Finds rows whose lease expired (a replica died mid-send or mid-firing) and applies the policy."""
+    """Sweeps expired leases and closes the unknown window where the provider can tell.
+
+    - a send lease that expired before its request was written → sent again; after → `unknown`;
+    - an `unknown` send → `ListChatappMessage` lookup: found → recorded as sent, absent → sent again,
+      undecided → looked up again later, then left `unknown` for an operator;
+    - an in-flight SMS whose outcome was never recorded → SMS lookup: found → `sms_sent`, absent → retried,
+      undecided → the configured policy (park = at-most-once, resend = at-least-once).
+    """
 
     def __init__(
-        self, svc: service.Service, timer: TimerLoop, *, resend: bool, interval_s: float = 5.0
+        self,
+        svc: ports.EngineStore,
+        timer: TimerLoop,
+        *,
+        resend: bool,
+        chat: ports.ChatApi | None = None,
+        interval_s: float = 5.0,
+        reconcile_max_attempts: int = 6,
+        reconcile_delay_s: float = 60.0,
+        lookup_concurrency: int = 8,
     ) -> None:
         self.svc, self.timer, self.resend, self.interval_s = svc, timer, resend, interval_s
+        self.chat = chat
+        self.reconcile_max_attempts = reconcile_max_attempts
+        self.reconcile_delay_s = reconcile_delay_s
+        self._lookups = asyncio.Semaphore(lookup_concurrency)
         self.wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                for row in await self.svc.recover(limit=500, resend=self.resend, lease_s=self.timer.lease_s):
-                    await self.timer.submit(row, resend=True)
+                await self.sweep()
             except errors.StoreError as exc:
                 log.warning("recovery_failed", error=str(exc))
             await wait_any(stop, self.wake, self.interval_s)
+
+    async def sweep(self) -> None:
+        """One pass: stale sends, in-flight SMS without an outcome, ambiguous chat sends due for a lookup."""
+        requeued, unknown = await self.svc.recover_sends(500)
+        if requeued:
+            metrics.recovered.labels("send_requeued").inc(requeued)
+        if unknown:
+            metrics.recovered.labels("send_unknown").inc(unknown)
+        lease = self.timer.lease_s
+        firings = await self.svc.claim_stale_firings(100, lease)
+        chats = await self.svc.claim_reconcile(100, lease) if self.chat is not None else []
+        await asyncio.gather(
+            *(self._reconcile_sms(r) for r in firings), *(self._reconcile_chat(r) for r in chats)
+        )
+
+    async def _lookup(self, call: Awaitable[ports.Lookup]) -> ports.Lookup:
+        async with self._lookups:
+            try:
+                return await call
+            except Exception as exc:  # a lookup must never decide by crashing: undecided
+                return ports.Lookup(result=ports.LookupResult.UNKNOWN, detail=f"lookup failed: {exc}")
+
+    async def _reconcile_sms(self, row: model.InFlightSms) -> None:
+        mid = row.id
+        gateway = self.timer.sms.route(to=row.to, channel=row.channel)
+        since = row.started_at - datetime.timedelta(minutes=5)
+        found = await self._lookup(
+            gateway.lookup(
+                fallback_id=str(mid),
+                to=row.to,
+                since=since,
+                until=datetime.datetime.now(datetime.UTC),
+            )
+        )
+        metrics.reconciled.labels("sms", found.result.value).inc()
+        log.info("sms_reconciled", message_id=str(mid), result=found.result.value, detail=found.detail)
+        try:
+            if found.result is ports.LookupResult.FOUND:
+                await self.svc.apply(
+                    [
+                        service.Outcome(
+                            message_id=mid,
+                            event=policy.SmsSent(),
+                            sms_provider_id=found.provider_id,
+                            detail={
+                                "sms_id": found.provider_id,
+                                "provider": gateway.name,
+                                "reconciled": found.detail,
+                            },
+                        )
+                    ]
+                )
+            elif found.result is ports.LookupResult.ABSENT:
+                await self.svc.sms_absent(mid, row.attempt, found.detail)
+                self.timer.wake.set()
+            else:
+                again = await self.svc.interrupt_firing(
+                    mid, resend=self.resend, lease_s=self.timer.lease_s, detail=found.detail
+                )
+                if again is not None:
+                    await self.timer.submit(again, resend=True)
+        except errors.StoreError as exc:  # the lease runs out again; the next sweep asks again
+            log.warning("sms_reconcile_not_recorded", message_id=str(mid), error=str(exc))
+
+    async def _reconcile_chat(self, row: model.AmbiguousSend) -> None:
+        assert self.chat is not None
+        mid = row.id
+        since = row.started_at - datetime.timedelta(minutes=5)
+        try:
+            known, peers = await self.svc.reconcile_context(mid, since)
+        except errors.StoreError as exc:
+            log.warning("send_reconcile_failed", message_id=str(mid), error=str(exc))
+            return
+        if peers:  # another ambiguous send to the same number: a list row could be either one
+            found = ports.Lookup(
+                result=ports.LookupResult.UNKNOWN,
+                detail=f"{peers} other ambiguous send(s) to the same number in the window",
+            )
+        else:
+            found = await self._lookup(
+                self.chat.lookup(
+                    task_id=str(mid),
+                    params=row.params,
+                    since=since,
+                    until=datetime.datetime.now(datetime.UTC),
+                    exclude_ids=known,
+                )
+            )
+        log.info("send_reconciled", message_id=str(mid), result=found.result.value, detail=found.detail)
+        try:
+            if found.result is ports.LookupResult.FOUND:
+                metrics.reconciled.labels("chat", "found").inc()
+                await self.svc.apply(
+                    [
+                        service.Outcome(
+                            message_id=mid,
+                            event=policy.SendOk(),
+                            provider_message_id=found.provider_id,
+                            detail={
+                                "provider_message_id": found.provider_id,
+                                "reconciled": found.detail,
+                                "provider_status": found.status,
+                            },
+                        )
+                    ]
+                )
+            elif found.result is ports.LookupResult.ABSENT:
+                metrics.reconciled.labels("chat", "absent").inc()
+                await self.svc.apply(
+                    [
+                        service.Outcome(
+                            message_id=mid,
+                            event=policy.SendAbsent(),
+                            detail={"reconciled": found.detail},
+                        )
+                    ]
+                )
+            elif row.lookups >= self.reconcile_max_attempts:
+                metrics.reconciled.labels("chat", "gave_up").inc()
+                await self.svc.reconcile_later(mid, None, found.detail)
+            else:
+                metrics.reconciled.labels("chat", "unknown").inc()
+                delay = min(3600.0, self.reconcile_delay_s * 2.0 ** (row.lookups - 1))
+                await self.svc.reconcile_later(mid, delay, found.detail)
+        except errors.StoreError as exc:
+            log.warning("send_reconcile_not_recorded", message_id=str(mid), error=str(exc))

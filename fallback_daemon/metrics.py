@@ -1,8 +1,20 @@
-"""Prometheus metrics (prometheus-client, default registry). Names are the contract for dashboards/alerts."""
+"""Prometheus metrics (prometheus-client, default registry). Names are the contract for dashboards/alerts.
+
+Label values come from closed sets only (an unknown receipt status counts as `other`), so no input can grow
+/metrics. `deploy/prometheus/rules.yml` alerts on these names; `tests/unit/test_prometheus_rules.py` keeps the
+two in step.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+
+import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
+
+# No `<name>_created` series: they double the series count and no dashboard or alert reads them.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -15,8 +27,14 @@ provider_latency = Histogram(
     "fallback_provider_latency_seconds", "Provider call latency", ["provider"], buckets=LATENCY_BUCKETS
 )
 throttled = Counter("fallback_throttled_total", "Throttling answers from a provider", ["provider"])
+# Receipt status labels: the ChatApp statuses (sent, delivered, read, failed) and the SMS outcomes (delivered,
+# failed); anything else is `other`.
+RECEIPT_STATUSES = frozenset({"sent", "delivered", "read", "failed", "other"})
 receipts = Counter(
-    "fallback_receipts_total", "Receipts received, by kind, source and status", ["kind", "source", "status"]
+    "fallback_receipts_total",
+    "Receipts received (duplicates included), by kind (chatapp, sms), source and status "
+    "(sent, delivered, read, failed, other)",
+    ["kind", "source", "status"],
 )
 receipt_duplicates = Counter(
     "fallback_receipt_duplicates_total", "Receipts already stored (deduplicated)", ["kind", "source"]
@@ -33,7 +51,9 @@ timer_lateness = Histogram(
 )
 fallbacks_fired = Counter("fallback_fired_total", "Fallbacks fired, by trigger", ["reason"])
 fallback_sms = Counter(
-    "fallback_sms_total", "Fallback SMS outcomes (sent, rejected, delivered, failed, unknown)", ["outcome"]
+    "fallback_sms_total",
+    "Fallback SMS outcomes: sent, rejected, unknown (the SMS call) and delivered, failed (its receipt)",
+    ["outcome"],
 )
 fallbacks_held = Counter("fallback_holds_total", "Fallbacks held instead of fired, by reason", ["reason"])
 double_delivered = Counter("fallback_double_delivered_total", "Chat success after the fallback SMS fired")
@@ -46,7 +66,27 @@ pending_timers = Gauge("fallback_pending_timers", "Armed fallbacks with a timer"
 held = Gauge("fallback_held", "Fallbacks currently held (health gate or interrupted firing)")
 messages_by_state = Gauge("fallback_messages", "Messages by chat and fallback state", ["chat", "fallback"])
 feed_silent = Gauge(
-    "fallback_feed_silent_seconds", "Seconds since the last receipt, per channel", ["channel"]
+    "fallback_feed_silent_seconds",
+    "Seconds since the last receipt, per channel (since this replica started watching, if none ever came)",
+    ["channel"],
+)
+feed_unanswered = Gauge(
+    "fallback_feed_unanswered_seconds",
+    "Age of the oldest send after the channel's last receipt (0: every send was followed by a receipt)",
+    ["channel"],
+)
+# How long an armed timer may be past due before it counts as overdue, and an SMS without a delivery report.
+OVERDUE_AFTER_S = 30.0
+SMS_RECEIPT_WAIT_S = 900.0
+overdue_timers = Gauge(
+    "fallback_overdue_timers", f"Armed fallbacks more than {OVERDUE_AFTER_S:.0f} s past their due time"
+)
+oldest_overdue = Gauge(
+    "fallback_timer_overdue_seconds", "How far past its due time the most overdue armed fallback is (0: none)"
+)
+sms_without_receipt = Gauge(
+    "fallback_sms_without_receipt",
+    f"Fallback SMS still `sms_sent` (no delivery report) {SMS_RECEIPT_WAIT_S:.0f} s after they fired",
 )
 feed_gate = Gauge(
     "fallback_feed_gate_closed", "1 while the receipt-feed health gate holds timer fallbacks", ["channel"]
@@ -60,3 +100,33 @@ mns_token_refreshes = Counter(
     "QueryTokenForMnsQueue calls, by queue and why (initial, expiring, refused)",
     ["queue", "reason"],
 )
+
+build_info = Gauge("fallback_build_info", "Always 1; the labels say which build runs", ["version", "python"])
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fallback-daemon")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree without an install
+        return "unknown"
+
+
+build_info.labels(_version(), platform.python_version()).set(1)
+
+
+def receipt_status(raw: str) -> str:
+    """A receipt status as a label from the closed set RECEIPT_STATUSES (anything else is `other`)."""
+    value = raw.strip().lower()
+    return value if value in RECEIPT_STATUSES else "other"
+
+
+# --- durable attempts and database weather (issue 9) ---
+loop_restarts = Counter(
+    "fallback_loop_restarts_total", "Loops restarted by their supervisor after an error", ["loop"]
+)
+reconciled = Counter(
+    "fallback_reconciled_total",
+    "Ambiguous sends looked up at the provider, by leg and result (found, absent, unknown, gave_up)",
+    ["leg", "result"],
+)
+listen_connected = Gauge("fallback_listen_connected", "1 while the LISTEN connection (wake-ups) is up")

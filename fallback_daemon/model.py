@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,3 +115,51 @@ class SmsReceipt:
     raw_status: str
     error_code: str | None
     raw: Mapping[str, Any]
+
+
+# ---- what the loops get from the store (never driver rows) ----------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClaimedSend:
+    """A message claimed for one SendChatappMessage attempt; `attempt` is the claim's fencing token."""
+
+    id: uuid.UUID
+    params: Mapping[str, str]
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FallbackSms:
+    """A firing fallback claimed for one SMS attempt (first, retry, or resend after recovery)."""
+
+    id: uuid.UUID
+    to: str
+    channel: str
+    text: str
+    template_params: Mapping[str, str]
+    fire_reason: str | None
+    attempt: int  # fencing token
+    firing_age_s: float  # since the fallback fired, on the database clock (for the retry window)
+    held: bool = False  # the claim held it instead (receipt-feed gate): nothing to send
+    hold_reason: str | None = None
+    lateness_s: float | None = None  # how late a timer fired (first claim only)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InFlightSms:
+    """A fallback SMS whose request was written but whose outcome was never recorded (lease expired)."""
+
+    id: uuid.UUID
+    to: str
+    channel: str
+    started_at: dt.datetime
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AmbiguousSend:
+    """An `unknown` chat send whose next provider lookup is due."""
+
+    id: uuid.UUID
+    params: Mapping[str, str]
+    started_at: dt.datetime
+    lookups: int  # lookups made so far, this one included

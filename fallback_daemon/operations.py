@@ -1,13 +1,21 @@
 """Operator use cases: keyset-paginated search and the actions (cancel, fire, re-drive, held, dead letters).
 
-Every action goes through `policy.decide` via `Service.apply`, so it is one conditional transition in one
-transaction with a timeline event that carries who asked and why; a refusal by the policy is recorded in
-the timeline too and raised as `errors.Conflict`. Input parsing lives in `opinput`, stats in `opstats`.
+Every action goes through `policy.decide` and `Service._write`, so it is one conditional transition in one
+transaction (the rows locked first) with a timeline event that carries who asked and why. A refused action
+changes nothing but that: its timeline event is recorded (outcome `…_refused`), the row itself is not
+written (its `updated_at`, which retention reads, stays), and it is raised as `errors.Conflict`.
+
+`fire` makes the fallback due now (`armed`, `fire_reason = operator`, NOTIFY): the timer loop's claim is the
+one at-most-once `armed → firing` transition and sends the SMS, and the answer says so. From then on the
+fallback counts as fired: a `cancel` is refused (409) instead of silently winning the race with that claim.
+Input parsing lives in `opinput`, stats in `opstats`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -25,7 +33,7 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.datetime) else value
 
 
-def summary(row: Mapping[str, Any]) -> dict[str, Any]:
+def summary(row: service.Row) -> dict[str, Any]:
     """One search result: the message's state, linked to its full timeline."""
     mid = str(row["id"])
     return {
@@ -50,6 +58,12 @@ def summary(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---- use cases --------------------------------------------------------------------------------------------
+# Held fallbacks whose SMS may already have reached the provider: releasing one sends another SMS.
+MAY_HAVE_GONE_OUT = {
+    "sms_unknown": "its SMS may already have gone out (hold_reason sms_unknown: the provider's answer was "
+    "lost and no query could tell): firing it sends another SMS; check the SMS provider's console, then "
+    "repeat with force=true",
+}
 REFUSALS = {
     "operator_cancel_refused": "only an armed or held fallback can be cancelled",
     "operator_fire_refused": "only an armed or held fallback can be fired",
@@ -60,6 +74,56 @@ SINGLE_EVENTS: Mapping[str, type[policy.OperatorCancel | policy.OperatorFire]] =
     "cancel": policy.OperatorCancel,
     "fire": policy.OperatorFire,
 }
+FIRED_PENDING = "the fallback was fired ({reason}) and the timer loop is sending its SMS"
+WHAT_NEXT = {
+    "operator_fire": "the SMS is sent by the timer loop now (at most once); a cancel from now on is refused",
+    "operator_fire_already_due": "the fallback was already due: the timer loop is sending its SMS",
+    "operator_cancelled": "the fallback will never fire",
+    "operator_dropped": "the fallback will never fire",
+}
+
+
+def _kind(event: policy.Event) -> str:
+    """The timeline kind of an event, as Service._write names it (OperatorCancel → operator_cancel)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+
+
+def _state(row: Mapping[str, Any]) -> policy.State:
+    return policy.State(
+        chat=ChatState(row["chat_state"]),
+        fallback=FallbackState(row["fallback_state"]),
+        rule=model.Rule(row["fallback_rule"]),
+        double_delivered=row["double_delivered"],
+    )
+
+
+def _fired_pending(row: Mapping[str, Any]) -> bool:
+    """Armed with a fire_reason: due now, the timer loop's claim is moments away (a send failure, a Failed
+    receipt or an operator's fire put it there)."""
+    return row["fallback_state"] == FallbackState.ARMED and row["fire_reason"] is not None
+
+
+def _preview(row: Mapping[str, Any], events: Sequence[policy.Event]) -> policy.Decision:
+    """What the policy decides for these events in order (pure), with the operator's own rules on top:
+    a cancel of a fired fallback is refused; a fire of one is answered, not written again."""
+    state = _state(row)
+    decision = policy.Decision(chat=state.chat, fallback=state.fallback, outcome="none")
+    for event in events:
+        if _fired_pending(row) and isinstance(event, policy.OperatorCancel):
+            return policy.Decision(
+                chat=state.chat, fallback=state.fallback, outcome="operator_cancel_refused"
+            )
+        if _fired_pending(row) and isinstance(event, policy.OperatorFire) and len(events) == 1:
+            return policy.Decision(
+                chat=state.chat, fallback=state.fallback, outcome="operator_fire_already_due"
+            )
+        decision = policy.decide(state, event)
+        state = dataclasses.replace(state, chat=decision.chat, fallback=decision.fallback)
+    return decision
+
+
+def _refused(decision: policy.Decision) -> bool:
+    return decision.outcome.endswith("_refused")
 
 
 class Operations:
@@ -94,9 +158,22 @@ class Operations:
         return {"messages": [summary(r) for r in rows], "next_cursor": cursor}
 
     async def act(
-        self, message_id: uuid.UUID, verb: Literal["cancel", "fire"], action: opinput.Action
+        self,
+        message_id: uuid.UUID,
+        verb: Literal["cancel", "fire"],
+        action: opinput.Action,
+        *,
+        force: bool = False,
     ) -> dict[str, Any]:
-        """Cancel a pending fallback, or fire it now (also releases a held one)."""
+        """Cancel a pending fallback, or fire it now (also releases a held one).
+
+        Raises:
+            errors.Conflict: firing a fallback held as `sms_unknown` (its SMS may be out) without force.
+        """
+        if verb == "fire" and not force:
+            hold = await self.db.fetchval(Q["held_reason_of"], message_id)
+            if hold in MAY_HAVE_GONE_OUT:
+                raise errors.Conflict(MAY_HAVE_GONE_OUT[hold])
         return await self._apply_one(message_id, [(SINGLE_EVENTS[verb](), None)], action, verb)
 
     async def redrive(
@@ -149,19 +226,16 @@ class Operations:
         verb: str,
     ) -> dict[str, Any]:
         """Apply (event, hold_reason) pairs in one transaction; the last decision says if it was refused."""
+        detail = {**action.detail(), "action": verb}
         outcomes = [
-            service.Outcome(
-                message_id=message_id,
-                event=event,
-                hold_reason=hold,
-                detail={**action.detail(), "action": verb},
-            )
+            service.Outcome(message_id=message_id, event=event, hold_reason=hold, detail=detail)
             for event, hold in events
         ]
-        decisions = await self.svc.apply(outcomes)
-        if not decisions:
+        async with self.db.transaction() as conn:
+            decisions, rows = await self._transition(conn, outcomes)
+        if message_id not in decisions:
             raise errors.NotFound(f"no message {message_id}")
-        last = decisions[-1]
+        last = decisions[message_id]
         log.info(
             "operator_action",
             message_id=str(message_id),
@@ -169,12 +243,16 @@ class Operations:
             actor=action.actor,
             outcome=last.outcome,
         )
-        if last.outcome.endswith("_refused"):
+        if _refused(last):
+            why = REFUSALS.get(last.outcome, "the state does not allow it")
+            if _fired_pending(rows[message_id]):
+                why = (
+                    f"{FIRED_PENDING.format(reason=rows[message_id]['fire_reason'])}; it cannot be cancelled"
+                )
             raise errors.Conflict(
-                f"{verb} refused: chat is {last.chat.value} and fallback is {last.fallback.value}; "
-                f"{REFUSALS.get(last.outcome, 'the state does not allow it')}"
+                f"{verb} refused: chat is {last.chat.value} and fallback is {last.fallback.value}; {why}"
             )
-        return {
+        answer = {
             "id": str(message_id),
             "action": verb,
             "outcome": last.outcome,
@@ -182,6 +260,49 @@ class Operations:
             "fallback_state": last.fallback.value,
             "links": {"self": f"/v1/messages/{message_id}"},
         }
+        if last.outcome in WHAT_NEXT:
+            answer["next"] = WHAT_NEXT[last.outcome]
+        return answer
+
+    async def _transition(
+        self, conn: Any, outcomes: Sequence[service.Outcome]
+    ) -> tuple[dict[uuid.UUID, policy.Decision], dict[uuid.UUID, Mapping[str, Any]]]:
+        """Lock the rows, decide, write the accepted outcomes (`Service._write`); for a refused message only
+        its timeline event is written, so the row (its `updated_at`) stays as it was.
+
+        Returns the last decision per message found, and the locked rows.
+        """
+        ids = sorted({o.message_id for o in outcomes})
+        rows = {r["id"]: r for r in await conn.fetch(Q["lock_messages_for_action"], ids)}
+        by_id: dict[uuid.UUID, list[service.Outcome]] = {}
+        for o in outcomes:
+            if o.message_id in rows:
+                by_id.setdefault(o.message_id, []).append(o)
+        decisions = {m: _preview(rows[m], [o.event for o in os]) for m, os in by_id.items()}
+        answered = [
+            m for m, d in decisions.items() if _refused(d) or d.outcome == "operator_fire_already_due"
+        ]
+        accepted = [o for m, os in by_id.items() if m not in answered for o in os]
+        if accepted:
+            await self.svc._write(
+                conn, {o.message_id: _state(rows[o.message_id]) for o in accepted}, accepted
+            )
+        if answered:
+            await conn.execute(
+                Q["insert_events"],
+                answered,
+                [_kind(by_id[m][-1].event) for m in answered],
+                [
+                    {
+                        **by_id[m][-1].detail,
+                        "outcome": decisions[m].outcome,
+                        "chat": decisions[m].chat.value,
+                        "fallback": decisions[m].fallback.value,
+                    }
+                    for m in answered
+                ],
+            )
+        return decisions, rows
 
     async def held(
         self,
@@ -192,20 +313,27 @@ class Operations:
         hold_reason: str | None = None,
         ids: Sequence[uuid.UUID] | None = None,
         limit: int = opinput.HELD_LIMIT_DEFAULT,
+        force: bool = False,
     ) -> dict[str, Any]:
-        """Release (fire now) or drop (never fire) held fallbacks matching the filter, oldest first."""
-        found = [
-            r["id"]
-            for r in await self.db.fetch(
-                Q["held_ids"], channel, hold_reason, list(ids) if ids is not None else None, limit
-            )
+        """Release (fire now) or drop (never fire) held fallbacks matching the filter, oldest first.
+
+        A release leaves out fallbacks whose SMS may already have gone out (`sms_unknown`) unless `force`:
+        they are listed under `needs_force` instead (releasing one sends another SMS).
+        """
+        rows = await self.db.fetch(
+            Q["held_ids"], channel, hold_reason, list(ids) if ids is not None else None, limit
+        )
+        unsafe = [
+            r["id"] for r in rows if verb == "release" and not force and r["hold_reason"] in MAY_HAVE_GONE_OUT
         ]
+        found = [r["id"] for r in rows if r["id"] not in set(unsafe)]
         event: policy.Event = policy.OperatorFire() if verb == "release" else policy.OperatorDrop()
         detail = {**action.detail(), "action": f"held_{verb}"}
-        decisions = await self.svc.apply(
-            [service.Outcome(message_id=m, event=event, detail=detail) for m in found]
-        )
-        done = [m for m, d in zip(found, decisions, strict=True) if not d.outcome.endswith("_refused")]
+        async with self.db.transaction() as conn:
+            decisions, _ = await self._transition(
+                conn, [service.Outcome(message_id=m, event=event, detail=detail) for m in found]
+            )
+        done = [m for m in found if m in decisions and not _refused(decisions[m])]
         log.info("operator_held_action", action=verb, actor=action.actor, matched=len(found), done=len(done))
         result: dict[str, Any] = {
             "action": verb,
@@ -213,8 +341,10 @@ class Operations:
             "done": len(done),
             "refused": len(found) - len(done),
             "ids": [str(m) for m in done],
-            "more": len(found) == limit,
+            "more": len(rows) == limit,
         }
+        if unsafe:
+            result["needs_force"] = [str(m) for m in unsafe]
         if ids is not None:
             result["not_held"] = sorted(str(m) for m in set(ids) - set(found))
         return result

@@ -23,6 +23,7 @@ from fallback_daemon.model import ChatState, FallbackState
 LIMIT_DEFAULT, LIMIT_MAX = 50, 500
 HELD_LIMIT_DEFAULT, HELD_LIMIT_MAX = 1000, 10000
 TEXT_MAX = 255
+INT_CHARS_MAX = 20  # every integer parameter fits in 19 digits (2**63 - 1); a longer one is refused unread
 REASON_MAX = 500
 _TO = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CHANNEL = re.compile(r"[a-z]{1,32}")
@@ -151,7 +152,11 @@ def parse_to(value: str) -> str:
 
 
 def parse_time(name: str, value: str) -> dt.datetime:
-    """RFC 3339 with an offset (or Z), or Unix seconds, as an aware UTC datetime."""
+    """RFC 3339 with an offset (or Z), or Unix seconds, as an aware UTC datetime within years 1..9999.
+
+    A time near year 1 or 9999 whose offset carries it past the range is refused (`astimezone` would
+    overflow), as is anything Postgres' `timestamptz` could not take.
+    """
     try:
         seconds = float(value)
     except ValueError:
@@ -161,18 +166,33 @@ def parse_time(name: str, value: str) -> dt.datetime:
             raise errors.ValidationError(name, "must be an RFC 3339 time or Unix seconds") from None
         if parsed.tzinfo is None:
             raise errors.ValidationError(name, "needs a UTC offset (e.g. 2025-01-31T09:00:00Z)") from None
-        return parsed.astimezone(dt.UTC)
+        return _utc(name, parsed)
     if not math.isfinite(seconds) or not 0 <= seconds < 253402300800:
         raise errors.ValidationError(name, "is out of range")
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (ValueError, OverflowError, OSError):  # rounds up into year 10000
+        raise errors.ValidationError(name, "is out of range") from None
+
+
+def _utc(name: str, parsed: dt.datetime) -> dt.datetime:
+    try:
+        return parsed.astimezone(dt.UTC)
+    except (OverflowError, ValueError):
+        raise errors.ValidationError(name, "is out of range (years 1 to 9999 in UTC)") from None
 
 
 def parse_int(name: str, value: str | None, lo: int, hi: int, default: int) -> int:
+    """A decimal integer in lo..hi; the length is checked before `int()` (Python refuses > 4,300 digits)."""
     if value is None:
         return default
-    if not value.isascii() or not value.isdigit() or not lo <= int(value) <= hi:
-        raise errors.ValidationError(name, f"must be an integer from {lo} to {hi}")
-    return int(value)
+    problem = f"must be an integer from {lo} to {hi}"
+    if not value.isascii() or not value.isdigit() or len(value) > INT_CHARS_MAX:
+        raise errors.ValidationError(name, problem)
+    number = int(value)
+    if not lo <= number <= hi:
+        raise errors.ValidationError(name, problem)
+    return number
 
 
 def parse_action(body: object) -> Action:
@@ -196,16 +216,34 @@ def encode_cursor(created_at: dt.datetime, message_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+CURSOR_MAX = 200  # an encoded cursor is ~90 characters; anything longer was not made here
+
+
 def decode_cursor(value: str) -> tuple[dt.datetime, uuid.UUID]:
+    """The (created_at, id) keyset position of a cursor from `encode_cursor`; anything else is a 400.
+
+    Tampered cursors are refused before they reach the database: too long (no deep nesting), not a JSON
+    pair of strings, a naive or out-of-range time, an id that is not a UUID.
+    """
+    problem = "is not a cursor this API returned"
+    if not value or len(value) > CURSOR_MAX:
+        raise errors.ValidationError("cursor", problem)
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        at, mid = json.loads(raw)
+        pair = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        raise errors.ValidationError("cursor", problem) from None
+    if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(v, str) for v in pair):
+        raise errors.ValidationError("cursor", problem)
+    at, mid = pair
+    try:
         parsed = dt.datetime.fromisoformat(at)
-        if parsed.tzinfo is None:
-            raise ValueError("naive")
-        return parsed, uuid.UUID(mid)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        raise errors.ValidationError("cursor", "is not a cursor this API returned") from None
+        position = uuid.UUID(mid)
+    except ValueError:
+        raise errors.ValidationError("cursor", problem) from None
+    if parsed.tzinfo is None:
+        raise errors.ValidationError("cursor", problem)
+    return _utc("cursor", parsed), position
 
 
 def _uuid(name: str, value: str) -> uuid.UUID:

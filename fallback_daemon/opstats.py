@@ -11,6 +11,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import asyncpg
+
 from fallback_daemon import sql, store
 
 Q = sql.queries
@@ -34,7 +36,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _by(rows: Iterable[Mapping[str, Any]], key: str, count: str = "n") -> dict[str, int]:
+def _by(rows: Iterable[Mapping[str, Any] | asyncpg.Record], key: str, count: str = "n") -> dict[str, int]:
     out: dict[str, int] = {}
     for r in rows:
         if r[count]:

@@ -102,6 +102,26 @@ class OperatorResend:
 
 
 @dataclasses.dataclass(frozen=True)
+class SendRequeued:
+    """A send lease expired before the request was written (no in-flight mark): send it again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SendAbsent:
+    """Reconciliation: the provider's message list proves an ambiguous send never arrived; send it again."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SmsUnknown:
+    """The SMS request was written but its answer was lost: recorded now, reconciled after the lease."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SmsRetryExhausted:
+    """Every SMS attempt in the retry window failed without reaching the provider: parked for an operator."""
+
+
+@dataclasses.dataclass(frozen=True)
 class FiringInterrupted:
     """A firing lease expired (crash between 'firing' and 'SMS sent'); `resend` picks at-least-once."""
 
@@ -122,6 +142,10 @@ Event = (
     | OperatorDrop
     | OperatorResend
     | FiringInterrupted
+    | SendRequeued
+    | SendAbsent
+    | SmsUnknown
+    | SmsRetryExhausted
 )
 
 
@@ -224,6 +248,20 @@ def decide(state: State, event: Event) -> Decision:  # noqa: C901 - one flat dis
             if state.chat in (C.SENDING, C.UNKNOWN):
                 return Decision(chat=C.ACCEPTED, fallback=state.fallback, outcome="operator_resend")
             return Decision(chat=state.chat, fallback=state.fallback, outcome="operator_resend_refused")
+        case SendRequeued():
+            if state.chat is C.SENDING:
+                return Decision(chat=C.ACCEPTED, fallback=state.fallback, outcome="send_requeued")
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="send_requeue_ignored")
+        case SendAbsent():
+            if state.chat is C.UNKNOWN:
+                return Decision(chat=C.ACCEPTED, fallback=state.fallback, outcome="reconciled_absent")
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="reconcile_ignored")
+        case SmsUnknown():
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="sms_outcome_unknown")
+        case SmsRetryExhausted():
+            if state.fallback is F.FIRING:
+                return Decision(chat=state.chat, fallback=F.HELD, outcome="sms_retries_exhausted")
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="sms_retries_exhausted_ignored")
         case FiringInterrupted(resend=resend):
             if state.fallback is not F.FIRING:
                 return Decision(chat=state.chat, fallback=state.fallback, outcome="recovery_ignored")

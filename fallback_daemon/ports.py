@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+import enum
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
 
 from fallback_daemon import model
+
+
+class LookupResult(enum.StrEnum):
+    """What a provider query says about an ambiguous send (docs/reconciliation.md)."""
+
+    FOUND = "found"  # the provider has it: go on with its id
+    ABSENT = "absent"  # provably not sent: safe to send again
+    UNKNOWN = "unknown"  # cannot tell (no query API, query failed, ambiguous match)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Lookup:
+    """The answer of `ChatApi.lookup` / `SmsGateway.lookup`; never raised, always returned."""
+
+    result: LookupResult
+    provider_id: str | None = None  # MessageId / BizId when found (None if the query API does not return it)
+    status: str | None = None  # provider's status text when found
+    detail: str = ""  # why (for the timeline), e.g. "ListChatappMessage: 0 of 3 candidates match"
+    candidates: int = 0  # rows the query returned that could have been this send
 
 
 class ChatApi(Protocol):
@@ -16,7 +39,26 @@ class ChatApi(Protocol):
         """Send one message with our id as TaskId; return the provider MessageId.
 
         Raises:
-            errors.TransientError, errors.PermanentError, errors.AmbiguousError
+            errors.TransientError (errors.Throttled when throttled), errors.PermanentError,
+            errors.AmbiguousError
+        """
+        ...
+
+    async def lookup(
+        self,
+        *,
+        task_id: str,
+        params: Mapping[str, str],
+        since: datetime,
+        until: datetime,
+        exclude_ids: Collection[str] = (),
+    ) -> Lookup:
+        """Was the send with this TaskId (params = the exact SendChatappMessage params we sent, see
+        messages.params) written between since and until? Never raises for provider trouble: UNKNOWN.
+
+        `exclude_ids` are MessageIds already known to belong to *other* messages (same To, same window):
+        ListChatappMessage does not return the TaskId, so without them another message of ours to the same
+        user could be taken for this one.
         """
         ...
 
@@ -26,12 +68,20 @@ class SmsGateway(Protocol):
 
     name: str
 
+    def route(self, *, to: str, channel: str) -> SmsGateway:
+        """The gateway that handles this number/channel (a router picks; a plain gateway returns itself)."""
+        ...
+
     async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
         """Send one SMS carrying our fallback id as its reference; return the provider's id.
 
         `text` is the resolved fallback text; template-based providers (SendSms) use `template_params`
         (the message's TemplateParams) instead.
         """
+        ...
+
+    async def lookup(self, *, fallback_id: str, to: str, since: datetime, until: datetime) -> Lookup:
+        """Did the SMS with this fallback id go out between since and until? Never raises: UNKNOWN."""
         ...
 
 
@@ -59,3 +109,62 @@ class ReceiptQueue(Protocol):
     async def delete(self, handles: Sequence[str]) -> None:
         """Delete after commit. Raises errors.TransientError when the queue cannot be reached."""
         ...
+
+
+class RateLimit(Protocol):
+    """Paced send slots shared by every replica (ratelimit.RateLimiter)."""
+
+    def room(self) -> int: ...
+
+    def wait_hint(self) -> float: ...
+
+    async def reserve(self, count: int) -> list[float]: ...
+
+    async def wait(self, slot: float, stop: asyncio.Event | None = None) -> float | None: ...
+
+
+class EngineStore(Protocol):
+    """The database as the engine's loops see it: claims, in-flight marks, retries, outcomes, recovery.
+
+    Postgres implements it (`service.Service`, SQL in sql_files/queries/core.sql); the unit tests use an
+    in-memory one (tests/unit/memstore.py). Every method raises errors.StoreError when the database fails.
+    Outcomes go through `apply`, i.e. through `policy.decide`: the one write path of state changes.
+    """
+
+    async def apply(self, outcomes: Sequence[Any]) -> list[Any]: ...
+
+    async def claim_sends(self, limit: int, lease_s: float) -> list[model.ClaimedSend]: ...
+
+    async def mark_send_started(self, message_id: uuid.UUID, attempt: int) -> bool: ...
+
+    async def retry_send(
+        self, message_id: uuid.UUID, delay_s: float, error: str, attempt: int | None = None
+    ) -> None: ...
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[model.FallbackSms]: ...
+
+    async def claim_sms_retries(self, limit: int, lease_s: float) -> list[model.FallbackSms]: ...
+
+    async def mark_sms_started(self, message_id: uuid.UUID, attempt: int) -> bool: ...
+
+    async def retry_sms(
+        self, message_id: uuid.UUID, attempt: int, delay_s: float, error: str, provider: str
+    ) -> None: ...
+
+    async def next_due_in(self) -> float | None: ...
+
+    async def recover_sends(self, limit: int) -> tuple[int, int]: ...
+
+    async def claim_stale_firings(self, limit: int, lease_s: float) -> list[model.InFlightSms]: ...
+
+    async def sms_absent(self, message_id: uuid.UUID, attempt: int, detail: str) -> None: ...
+
+    async def interrupt_firing(
+        self, message_id: uuid.UUID, *, resend: bool, lease_s: float, detail: str
+    ) -> model.FallbackSms | None: ...
+
+    async def claim_reconcile(self, limit: int, lease_s: float) -> list[model.AmbiguousSend]: ...
+
+    async def reconcile_context(self, message_id: uuid.UUID, since: datetime) -> tuple[list[str], int]: ...
+
+    async def reconcile_later(self, message_id: uuid.UUID, delay_s: float | None, detail: str) -> None: ...

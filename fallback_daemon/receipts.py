@@ -91,7 +91,7 @@ def _parse_all(body: object, parse_one: Callable[[str, dict[str, Any]], _T]) -> 
 
 def _elements(body: object) -> list[Any]:
     if isinstance(body, bytes | bytearray | str):
-        body = validation.loads("body", body)
+        body = validation.loads("body", bytes(body) if isinstance(body, bytearray) else body)
     if isinstance(body, dict):
         return [body]
     if not isinstance(body, list):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from fallback_daemon.model import ChatState, FallbackState
 log = structlog.get_logger("fallback_daemon.service")
 Q = sql.queries
 NOTIFY_EVERY_S = 0.005  # accepts notify the senders at most this often (plus one trailing NOTIFY)
+Row = Mapping[str, Any] | asyncpg.Record  # a driver row or a plain mapping (tests, views)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -40,8 +42,12 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Accepted:
+    """One accepted message: new (`created`), or the one its idempotency key named, as it is now."""
+
     id: uuid.UUID
     created: bool
+    chat_state: str = ChatState.ACCEPTED.value
+    fallback_state: str | None = None
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -69,7 +75,7 @@ def _uuid(value: str | None) -> uuid.UUID | None:
         return None
 
 
-def _state(row: Mapping[str, Any]) -> policy.State:
+def _state(row: Row) -> policy.State:
     return policy.State(
         chat=ChatState(row["chat_state"]),
         fallback=FallbackState(row["fallback_state"]),
@@ -83,8 +89,18 @@ def _event_name(event: policy.Event) -> str:
 
 
 class Service:
-    def __init__(self, db: store.Store, *, sms_template: str | None = None, timer_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: store.Store,
+        *,
+        sms_template: str | None = None,
+        timer_scale: float = 1.0,
+        reconcile_delay_s: float = 60.0,
+    ) -> None:
         self.db = db
+        self.reconcile_delay_s = (
+            reconcile_delay_s  # first provider lookup of an ambiguous send, after its write
+        )
         self.sms_template = sms_template
         self.timer_scale = timer_scale
         self.last_receipt: dict[
@@ -93,7 +109,7 @@ class Service:
         self._notified_at = -1.0  # monotonic time of the last "new messages" NOTIFY sent by accept
         self._trailing: asyncio.Task[None] | None = None
 
-    # ---- accept ---------------------------------------------------------------------------------------------
+    # ---- accept -------------------------------------------------------------------------------------------
     def sms_text(self, req: model.SendRequest) -> str | None:
         if req.fallback_content:
             return req.fallback_content
@@ -102,10 +118,20 @@ class Service:
         return None
 
     async def accept(
-        self, requests: Sequence[model.SendRequest], keys: Sequence[str | None]
+        self,
+        requests: Sequence[model.SendRequest],
+        keys: Sequence[str | None],
+        *,
+        request_hash: str | None = None,
     ) -> list[Accepted]:
-        """Store messages durably (one transaction); a repeated idempotency key returns the original."""
-        cols: list[list[Any]] = [[] for _ in range(11)]
+        """Store messages durably (one transaction); a repeated idempotency key returns the original.
+
+        Args:
+            request_hash: digest of the request body (`validation.request_digest`), stored with each keyed
+                row. A key already stored with another digest raises errors.IdempotencyMismatch, and nothing
+                of this call is stored. A replay answers with the message's current state.
+        """
+        cols: list[list[Any]] = [[] for _ in range(12)]
         for req, key in zip(requests, keys, strict=True):
             text = self.sms_text(req)
             fb = policy.initial_fallback(has_sms=text is not None)
@@ -122,30 +148,42 @@ class Service:
                 text,
                 fb.value,
                 None if timer is None else timer * self.timer_scale,
+                None if key is None else request_hash,
             ]
             for col, value in zip(cols, row, strict=True):
                 col.append(value)
         # One statement (messages, their events and the NOTIFY) is one transaction and one round trip. A key
-        # that conflicted belongs to a row that is committed by now (ON CONFLICT waits for its inserter).
-        notify = self._notify_now()
-        inserted = await self.db.fetch(Q["insert_messages"], *cols, store.CHANNEL_SEND if notify else None)
-        if inserted and not notify:
+        # that conflicted belongs to a row that is committed by now (ON CONFLICT waits for its inserter). A
+        # keyed batch runs in a transaction instead: if one of its keys turns out to belong to another
+        # request, the items inserted beside it are rolled back with the refusal.
+        channel = store.CHANNEL_SEND if self._notify_now() else None
+        keyed = [k for k in keys if k is not None]
+        if len(keyed) > 1:
+            async with self.db.transaction() as conn:
+                inserted = await conn.fetch(Q["insert_messages"], *cols, channel)
+                existing = await _replayed(conn.fetch, inserted, keyed, request_hash)
+        else:
+            inserted = await self.db.fetch(Q["insert_messages"], *cols, channel)
+            existing = await _replayed(self.db.fetch, inserted, keyed, request_hash)
+        if inserted and channel is None:
             self._notify_soon()
-        by_key = {r["idempotency_key"]: r["id"] for r in inserted if r["idempotency_key"] is not None}
-        missing = [k for k in keys if k is not None and k not in by_key]
-        existing = {}
-        if missing:
-            rows = await self.db.fetch(Q["messages_by_idempotency_keys"], missing)
-            existing = {r["idempotency_key"]: r["id"] for r in rows}
-        fresh = iter(r["id"] for r in inserted if r["idempotency_key"] is None)
+        by_key = {r["idempotency_key"]: r for r in inserted if r["idempotency_key"] is not None}
+        fresh = iter(r for r in inserted if r["idempotency_key"] is None)
         result = []
         for key in keys:
-            if key is None:
-                result.append(Accepted(id=next(fresh), created=True))
-            elif key in by_key:
-                result.append(Accepted(id=by_key[key], created=True))
+            new = next(fresh) if key is None else by_key.get(key)
+            if new is not None:
+                result.append(Accepted(id=new["id"], created=True, fallback_state=new["fallback_state"]))
             else:
-                result.append(Accepted(id=existing[key], created=False))
+                old = existing[str(key)]  # a key this call did not insert (None always inserts)
+                result.append(
+                    Accepted(
+                        id=old["id"],
+                        created=False,
+                        chat_state=old["chat_state"],
+                        fallback_state=old["fallback_state"],
+                    )
+                )
         return result
 
     def _notify_now(self) -> bool:
@@ -254,6 +292,7 @@ class Service:
                 [final[m]["err"] for m in mids],
                 [final[m]["hold"] for m in mids],
                 [final[m]["spid"] for m in mids],
+                self.reconcile_delay_s,
             )
             await conn.execute(Q["insert_events"], ev_ids, ev_kinds, ev_details)
         if notify:
@@ -390,11 +429,11 @@ class Service:
             )
             applied_ids.append(rec["id"])
             applied_mids.append(mid)
-        await self._write(conn, states, outcomes)
+        decisions = await self._write(conn, states, outcomes)
         if applied_ids:
             await conn.execute(Q["mark_receipts_applied"], applied_ids, applied_mids)
         result.applied = len(applied_ids)
-        self._count_receipts(model.ReceiptKind.SMS, source, result)
+        self._count_receipts(model.ReceiptKind.SMS, source, result, sms=receipts, decisions=decisions)
         return result
 
     async def ingest_queue_batch(
@@ -440,68 +479,155 @@ class Service:
         source: str,
         result: IngestResult,
         chat: Sequence[model.ChatReceipt] = (),
+        sms: Sequence[model.SmsReceipt] = (),
+        decisions: Sequence[policy.Decision] = (),
     ) -> None:
+        """Receipt metrics: every receipt received by its (closed-set) status; SMS outcomes from decisions.
+
+        `fallback_sms_total{outcome=delivered|failed}` counts the SMS legs a receipt moved (a duplicate or a
+        stale report moves none), so it agrees with the `sms_delivered`/`sms_failed` fallback states.
+        """
         metrics.receipt_duplicates.labels(kind.value, source).inc(result.duplicates)
         metrics.receipts_parked.labels(kind.value).inc(max(0, result.parked))
         metrics.double_delivered.inc(result.double_delivered)
         now = time.time()
         for r in chat:
-            metrics.receipts.labels(kind.value, source, r.raw_status).inc()
+            metrics.receipts.labels(kind.value, source, metrics.receipt_status(r.status.value)).inc()
             if r.timestamp is not None:
                 metrics.receipt_lag.labels(source).observe(max(0.0, now - r.timestamp.timestamp()))
+        for s in sms:  # SmsStatus delivered | failed | pending (in progress or unknown: `other`)
+            metrics.receipts.labels(kind.value, source, metrics.receipt_status(s.status.value)).inc()
+        for d in decisions:
+            if d.outcome in ("sms_delivered", "sms_failed"):
+                metrics.fallback_sms.labels(d.outcome.removeprefix("sms_")).inc()
         if result.channels:
             self.last_receipt.update(dict.fromkeys(result.channels, now))
 
     # ---- loops' database work ---------------------------------------------------------------------------
-    async def claim_sends(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
-        return await self.db.fetch(Q["claim_sends"], limit, lease_s)
+    # Each outbound call is a durable attempt: claimed (leased, fenced by its attempt count), then marked in
+    # flight in its own commit just before the request is written (docs/architecture.md: the transitions).
+    async def claim_sends(self, limit: int, lease_s: float) -> list[model.ClaimedSend]:
+        rows = await self.db.fetch(Q["claim_sends"], limit, lease_s)
+        return [model.ClaimedSend(id=r["id"], params=r["params"], attempt=r["send_attempts"]) for r in rows]
 
-    async def retry_send(self, message_id: uuid.UUID, delay_s: float, error: str) -> None:
-        await self.db.execute(Q["retry_send"], message_id, delay_s, error)
+    async def mark_send_started(self, message_id: uuid.UUID, attempt: int) -> bool:
+        """Record that the request is about to be written; False: the claim was lost, do not send."""
+        return await self.db.fetchval(Q["mark_send_started"], message_id, attempt) is not None
 
-    async def claim_due(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
+    async def retry_send(
+        self, message_id: uuid.UUID, delay_s: float, error: str, attempt: int | None = None
+    ) -> None:
+        await self.db.execute(Q["retry_send"], message_id, delay_s, error, attempt)
+
+    async def claim_due(self, limit: int, lease_s: float) -> list[model.FallbackSms]:
         """The at-most-once transition armed → firing for due fallbacks, committed before any SMS call."""
-        return await self.db.fetch(Q["claim_due_fallbacks"], limit, lease_s)
+        return [_fallback_sms(r) for r in await self.db.fetch(Q["claim_due_fallbacks"], limit, lease_s)]
+
+    async def claim_sms_retries(self, limit: int, lease_s: float) -> list[model.FallbackSms]:
+        """Firing fallbacks whose SMS is due again: a scheduled retry, or a claim that died before writing."""
+        return [_fallback_sms(r) for r in await self.db.fetch(Q["claim_sms_retries"], limit, lease_s)]
+
+    async def mark_sms_started(self, message_id: uuid.UUID, attempt: int) -> bool:
+        return await self.db.fetchval(Q["mark_sms_started"], message_id, attempt) is not None
+
+    async def retry_sms(
+        self, message_id: uuid.UUID, attempt: int, delay_s: float, error: str, provider: str
+    ) -> None:
+        await self.db.execute(Q["retry_sms"], message_id, attempt, delay_s, error, provider)
 
     async def next_due_in(self) -> float | None:
-        return await self.db.fetchval(Q["next_due_in"])
+        seconds = await self.db.fetchval(Q["next_due_in"])
+        return None if seconds is None else float(seconds)
 
-    async def recover(self, *, limit: int, resend: bool, lease_s: float) -> list[asyncpg.Record]:
-        """Sweep expired leases: sends become `unknown`; firings are parked or re-claimed for a resend."""
+    async def recover_sends(self, limit: int) -> tuple[int, int]:
+        """Expired send leases: never written → sent again; written → `unknown` (then reconciled).
+
+        Returns (requeued, unknown).
+        """
         async with self.db.transaction() as conn:
-            stale_sends = [r["id"] for r in await conn.fetch(Q["stale_sends"], limit)]
-            stale_firings = [r["id"] for r in await conn.fetch(Q["stale_firings"], limit)]
-            ids = sorted({*stale_sends, *stale_firings})
-            if not ids:
-                return []
-            rows = await conn.fetch(Q["lock_messages"], ids, [])
+            stale = await conn.fetch(Q["stale_sends"], limit)
+            if not stale:
+                return 0, 0
+            rows = await conn.fetch(Q["lock_messages"], sorted(r["id"] for r in stale), [])
             states = {r["id"]: _state(r) for r in rows}
             outcomes = [
                 Outcome(
-                    message_id=m,
+                    message_id=r["id"],
                     event=policy.SendUnknown(),
-                    error="send lease expired (replica stopped mid-send)",
+                    error="send lease expired after the request was written",
                 )
-                for m in stale_sends
-            ] + [
-                Outcome(
-                    message_id=m,
-                    event=policy.FiringInterrupted(resend=resend),
-                    hold_reason=None if resend else "interrupted",
-                    detail={"mode": "resend" if resend else "park"},
+                if r["started"]
+                else Outcome(
+                    message_id=r["id"],
+                    event=policy.SendRequeued(),
+                    detail={"why": "send lease expired before the request was written"},
                 )
-                for m in stale_firings
+                for r in stale
             ]
             await self._write(conn, states, outcomes)
-            resends = []
-            if resend:
-                for m in stale_firings:
-                    row = await conn.fetchrow(Q["renew_firing"], m, lease_s)
-                    if row is not None:
-                        resends.append(row)
-        return resends
+        unknown = sum(1 for r in stale if r["started"])
+        return len(stale) - unknown, unknown
 
-    # ---- queries ----------------------------------------------------------------------------------------------
+    async def claim_stale_firings(self, limit: int, lease_s: float) -> list[model.InFlightSms]:
+        """In-flight SMS whose outcome was never recorded (lease expired): re-leased for reconciliation."""
+        rows = await self.db.fetch(Q["claim_stale_firings"], limit, lease_s)
+        return [
+            model.InFlightSms(
+                id=r["id"],
+                to=r["to_number"],
+                channel=r["channel"] or "",
+                started_at=r["sms_started_at"],
+                attempt=r["sms_attempts"],
+            )
+            for r in rows
+        ]
+
+    async def sms_absent(self, message_id: uuid.UUID, attempt: int, detail: str) -> None:
+        await self.db.execute(Q["sms_absent"], message_id, attempt, detail)
+
+    async def interrupt_firing(
+        self, message_id: uuid.UUID, *, resend: bool, lease_s: float, detail: str
+    ) -> model.FallbackSms | None:
+        """Undecidable in-flight SMS: park it (at most once) or re-lease it for one more (at least once)."""
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(Q["lock_messages"], [message_id], [])
+            states = {r["id"]: _state(r) for r in rows}
+            outcome = Outcome(
+                message_id=message_id,
+                event=policy.FiringInterrupted(resend=resend),
+                hold_reason=None if resend else "sms_unknown",
+                detail={"mode": "resend" if resend else "park", "lookup": detail},
+            )
+            decisions = await self._write(conn, states, [outcome])
+            if resend and decisions and decisions[0].fallback is FallbackState.FIRING:
+                row = await conn.fetchrow(Q["renew_firing"], message_id, lease_s)
+                return None if row is None else _fallback_sms(row)
+        return None
+
+    async def claim_reconcile(self, limit: int, lease_s: float) -> list[model.AmbiguousSend]:
+        """Ambiguous chat sends whose next provider lookup is due (leased to this replica)."""
+        rows = await self.db.fetch(Q["claim_reconcile"], limit, lease_s)
+        return [
+            model.AmbiguousSend(
+                id=r["id"],
+                params=r["params"],
+                started_at=r["send_started_at"] or r["created_at"],
+                lookups=r["reconcile_attempts"],
+            )
+            for r in rows
+        ]
+
+    async def reconcile_context(self, message_id: uuid.UUID, since: Any) -> tuple[list[str], int]:
+        """(MessageIds of our other messages to the number since `since`, other ambiguous sends to it)."""
+        row = await self.db.fetchrow(Q["reconcile_context"], message_id, since)
+        if row is None:
+            return [], 0
+        return list(row["known"]), int(row["ambiguous_peers"])
+
+    async def reconcile_later(self, message_id: uuid.UUID, delay_s: float | None, detail: str) -> None:
+        await self.db.execute(Q["reconcile_later"], message_id, delay_s, detail)
+
+    # ---- queries ------------------------------------------------------------------------------------------
     async def get_message(self, message_id: uuid.UUID) -> dict[str, Any] | None:
         row = await self.db.fetchrow(Q["get_message"], message_id)
         if row is None:
@@ -511,6 +637,52 @@ class Service:
 
     async def counts(self) -> list[asyncpg.Record]:
         return await self.db.fetch(Q["count_by_state"])
+
+
+async def _replayed(
+    fetch: Callable[..., Awaitable[list[asyncpg.Record]]],
+    inserted: Sequence[asyncpg.Record],
+    keys: Sequence[str],
+    request_hash: str | None,
+) -> dict[str, asyncpg.Record]:
+    """The stored rows of the keys this accept did not insert; refuses a key stored for another request."""
+    done = {r["idempotency_key"] for r in inserted}
+    missing = [k for k in keys if k not in done]
+    if not missing:
+        return {}
+    rows = {r["idempotency_key"]: r for r in await fetch(Q["messages_by_idempotency_keys"], missing)}
+    for key in missing:
+        stored = rows[key]["request_hash"]
+        if request_hash is not None and stored is not None and stored != request_hash:
+            raise errors.IdempotencyMismatch(
+                f"Idempotency-Key was first used with a different request body (message {rows[key]['id']});"
+                " send a new request with a new key"
+            )
+    return rows
+
+
+def _template_params(raw: str | None) -> dict[str, str]:
+    """The message's TemplateParams (stored as the JSON string sent to CAMS), for template SMS providers."""
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _fallback_sms(r: Row) -> model.FallbackSms:
+    return model.FallbackSms(
+        id=r["id"],
+        to=r["to_number"],
+        channel=r["channel"] or "",
+        text=r["sms_text"] or "",
+        template_params=_template_params(r["template_params"]),
+        fire_reason=r["fire_reason"],
+        attempt=r["sms_attempts"],
+        firing_age_s=float(r["firing_age_s"] or 0.0),
+        held=r["fallback_state"] == "held",
+        hold_reason=r["hold_reason"],
+        lateness_s=r["lateness_s"],
+    )
 
 
 async def _unpark(
@@ -553,7 +725,7 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def message_view(row: Mapping[str, Any], events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def message_view(row: Row, events: Iterable[Row]) -> dict[str, Any]:
     """The JSON shape of GET /v1/messages/{id}."""
     return {
         "id": str(row["id"]),

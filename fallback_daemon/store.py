@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import typing
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import structlog
 
-from fallback_daemon import errors
+from fallback_daemon import errors, metrics
 
 log = structlog.get_logger("fallback_daemon.store")
 
@@ -34,12 +36,24 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+# What the driver raises when the server goes away: every one of these is weather (a restart, a failover, a
+# reset connection), retried by whoever met it. InternalClientError is asyncpg's "cannot switch to state …;
+# another operation is in progress" on a connection the server terminated mid-query (issue 9: it used to end
+# the TaskGroup and the process). OSError covers refused/reset connections and TimeoutError.
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions._base.InternalClientError,
+    OSError,
+)
+
+
 @contextlib.contextmanager
 def wrap_errors() -> Any:
     """Map driver and connection errors to StoreError (the most specific domain error)."""
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except DRIVER_ERRORS as exc:
         raise errors.StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
 
 
@@ -66,13 +80,13 @@ class Store:
         """A connection inside a transaction; commits on exit, rolls back on error."""
         with wrap_errors():
             async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
+                yield typing.cast(asyncpg.Connection, conn)  # a pool proxy: the same API as a Connection
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         with wrap_errors():
             async with self.pool.acquire() as conn:
-                yield conn
+                yield typing.cast(asyncpg.Connection, conn)
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         with wrap_errors():
@@ -90,18 +104,78 @@ class Store:
         with wrap_errors():
             return await self.pool.execute(query, *args)
 
-    @contextlib.asynccontextmanager
-    async def listen(self, channels: dict[str, asyncio.Event]) -> AsyncIterator[None]:
-        """Set each channel's event on NOTIFY while inside the block (polling remains the backstop)."""
-        conn: asyncpg.Connection = await asyncpg.connect(self.dsn)
+    async def listen(
+        self,
+        channels: dict[str, asyncio.Event],
+        stop: asyncio.Event,
+        *,
+        health: dict[str, Any] | None = None,
+        retry_cap_s: float = 5.0,
+    ) -> None:
+        """Keep a LISTEN connection up until `stop`: set each channel's event on NOTIFY.
 
-        def callback_for(event: asyncio.Event) -> Callable[..., None]:
-            return lambda *_: event.set()
+        Supervised: when the connection drops (server restart, failover, reset) it reconnects with backoff and
+        then sets every event once, so the loops do a catch-up claim for whatever was notified while it was
+        down (polling remains the backstop meanwhile). `health["listen"]` says whether it is up (/readyz).
+        """
+        health = health if health is not None else {}
+        attempt = 0
+        while not stop.is_set():
+            lost = asyncio.Event()
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncio.wait_for(asyncpg.connect(self.dsn), timeout=10)
+                conn.add_termination_listener(functools.partial(_set_on_terminate, lost))
+                for name, event in channels.items():
+                    await conn.add_listener(name, _setter(event))
+                if attempt:
+                    log.info("listen_reconnected", attempts=attempt)
+                attempt = 0
+                health["listen"] = True
+                metrics.listen_connected.set(1)
+                for event in channels.values():  # catch up on anything notified while we were not listening
+                    event.set()
+                await _first(stop.wait(), lost.wait(), _watch(conn, lost))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure to (re)connect is retried: wake-ups are an optimisation
+                log.warning("listen_failed", error=f"{type(exc).__name__}: {exc}", attempt=attempt)
+            finally:
+                health["listen"] = False
+                metrics.listen_connected.set(0)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=2)
+            if not stop.is_set():
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(retry_cap_s, 0.1 * 2**attempt))
 
+
+def _set_on_terminate(event: asyncio.Event, _conn: object) -> None:
+    event.set()
+
+
+def _setter(event: asyncio.Event) -> Callable[..., None]:
+    return lambda *_: event.set()
+
+
+async def _watch(conn: asyncpg.Connection, lost: asyncio.Event, every_s: float = 2.0) -> None:
+    """Probe the LISTEN connection: a server that vanished without a FIN is noticed within seconds."""
+    while not lost.is_set():
+        await asyncio.sleep(every_s)
         try:
-            for name, event in channels.items():
-                await conn.add_listener(name, callback_for(event))
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
+            await asyncio.wait_for(conn.execute("SELECT 1"), timeout=every_s * 2)
+        except Exception:  # any failure means the connection is gone: reconnect
+            lost.set()
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of the awaitables completes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

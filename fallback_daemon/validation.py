@@ -5,6 +5,7 @@ Field names are the exact SendChatappMessage wire names; every error names the f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -35,7 +36,7 @@ MESSAGE_TYPES: Mapping[str, frozenset[str]] = {
             "pin",
             "carousel",
         }
-    ),  # fmt: skip
+    ),
     "viber": frozenset(
         {
             "text",
@@ -48,7 +49,7 @@ MESSAGE_TYPES: Mapping[str, frozenset[str]] = {
             "text_video_button",
             "text_image",
         }
-    ),  # fmt: skip
+    ),
     "messenger": _MESSENGER_TYPES,
     "instagram": _MESSENGER_TYPES,
     "telegram": frozenset({"text", "image", "video", "audio", "document", "location", "gif", "sticker"}),
@@ -199,6 +200,50 @@ def check_json_text(field: str, value: object, depth: int = 0) -> None:
             check_json_text(field, item, depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
         raise errors.ValidationError(field, "must not contain NaN or Infinity")
+
+
+def bad_text(value: str) -> str | None:
+    """Why Postgres could not store `value` (NUL, or a lone surrogate UTF-8 cannot encode); None if it can."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode text (lone surrogate)"
+    return None
+
+
+def check_tree(field: str, value: object) -> None:
+    """Refuse a decoded JSON value holding text Postgres cannot store, naming the path ("channel", "ids[2]").
+
+    Iterative, so a value nested as deep as json.loads allows cannot exhaust the stack.
+
+    Raises:
+        errors.ValidationError: naming the path of the first bad key or string.
+    """
+    stack: list[tuple[str, object]] = [(field, value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            problem = bad_text(item)
+            if problem:
+                raise errors.ValidationError(path, problem)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                name = str(key)
+                problem = bad_text(name)
+                if problem:
+                    raise errors.ValidationError(path, f"has a key that {problem.removeprefix('is ')}")
+                stack.append((name if path == "body" else f"{path}.{name[:64]}", child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
+
+
+def request_digest(value: object) -> str:
+    """A digest of a decoded JSON request body, blind to key order and whitespace (idempotency checks)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def loads(field: str, text: str | bytes) -> Any:

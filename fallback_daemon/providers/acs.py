@@ -17,10 +17,21 @@ from fallback_daemon import errors
 from fallback_daemon.providers import signing
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Alibaba's OpenAPI runtimes (darabonba-openapi) read this header as a positive integer of milliseconds.
+RETRY_AFTER_HEADER = "x-acs-retry-after"
 
 
 def is_throttling(code: str) -> bool:
     return code.startswith("Throttling") or code in {"ServiceUnavailable", "System.LimitControl"}
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """`x-acs-retry-after` (milliseconds) in seconds; None when absent, not a number, or not positive."""
+    try:
+        ms = int((value or "").strip())
+    except ValueError:
+        return None
+    return ms / 1000.0 if ms > 0 else None
 
 
 @contextlib.asynccontextmanager
@@ -53,14 +64,17 @@ class AcsClient:
     ) -> None:
         self._session = session
         self._url = yarl.URL(endpoint).with_path("/")
-        self._host = self._url.host if self._url.is_default_port() else f"{self._url.host}:{self._url.port}"
+        host = self._url.host or ""
+        self._host = host if self._url.is_default_port() else f"{host}:{self._url.port}"
         self._version = version
         self._ak = access_key_id
         self._secret = access_key_secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(3.0, timeout_s))
 
-    def signed_request(self, action: str, params: Mapping[str, str]) -> tuple[dict[str, str], bytes]:
-        """Headers and body for one call (exposed for tests)."""
+    def signed_request(
+        self, action: str, params: Mapping[str, str], *, query: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and body for one call; `query` goes in the query string, signed too (exposed for tests)."""
         body = signing.canonical_query(params).encode()
         payload_hash = hashlib.sha256(body).hexdigest()
         headers = {
@@ -76,7 +90,7 @@ class AcsClient:
             secret=self._secret,
             method="POST",
             path="/",
-            query={},
+            query=query or {},
             headers=headers,
             payload_hash=payload_hash,
         )
@@ -84,25 +98,41 @@ class AcsClient:
         headers["accept"] = "application/json"
         return headers, body
 
-    async def call(self, action: str, params: Mapping[str, str], *, ok_field: str = "Code") -> dict[str, Any]:
+    async def call(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        *,
+        ok_field: str = "Code",
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
         """POST one RPC call; return the JSON body when `ok_field` is "OK".
 
+        `params` go in the form body; `query` (for actions whose SDK puts them there) in the query string.
+
         Raises:
-            errors.TransientError: throttling, 5xx, connect failures.
+            errors.Throttled: a throttling code or HTTP 429 (with `x-acs-retry-after` when sent).
+            errors.TransientError: 5xx, connect failures.
             errors.PermanentError: any other error code.
             errors.AmbiguousError: the request went out but no answer came back.
         """
-        headers, body = self.signed_request(action, params)
+        headers, body = self.signed_request(action, params, query=query)
+        url = self._url
+        if query:  # exactly the encoding that was signed
+            url = yarl.URL(f"{self._url}?{signing.canonical_query(query)}", encoded=True)
         async with (
             map_errors(),
-            self._session.post(self._url, data=body, headers=headers, timeout=self._timeout) as resp,
+            self._session.post(url, data=body, headers=headers, timeout=self._timeout) as resp,
         ):
             status = resp.status
+            wait_s = retry_after_s(resp.headers.get(RETRY_AFTER_HEADER))
             try:
                 payload = await resp.json(content_type=None)
             except (ValueError, aiohttp.ContentTypeError):
                 payload = None
         if not isinstance(payload, dict):
+            if status == 429:
+                raise errors.Throttled("HTTP 429", status=status, code="HTTP429", retry_after_s=wait_s)
             if status in RETRYABLE_STATUS:
                 raise errors.TransientError(f"HTTP {status}", status=status, code=f"HTTP{status}")
             raise errors.AmbiguousError(f"HTTP {status} with a body that is not JSON", status=status)
@@ -110,7 +140,11 @@ class AcsClient:
         if status == 200 and code == "OK":
             return payload
         message = str(payload.get("Message") or payload.get("ResponseDescription") or "")
-        if is_throttling(code) or status in RETRYABLE_STATUS:
+        if is_throttling(code) or status == 429:
+            raise errors.Throttled(
+                f"{code}: {message}", code=code or f"HTTP{status}", status=status, retry_after_s=wait_s
+            )
+        if status in RETRYABLE_STATUS:
             raise errors.TransientError(f"{code}: {message}", code=code, status=status)
         raise errors.PermanentError(f"{code}: {message}", code=code or f"HTTP{status}", status=status)
 

@@ -68,7 +68,8 @@ def acs3_authorization(
 
 
 def parse_acs3_authorization(value: str) -> dict[str, str]:
-    """Split `ACS3-HMAC-SHA256 Credential=..,SignedHeaders=..,Signature=..` into its parts ({} if malformed)."""
+    """Split `ACS3-HMAC-SHA256 Credential=..,SignedHeaders=..,Signature=..` into its parts
+    ({} if malformed)."""
     algo, _, rest = value.partition(" ")
     if algo != ACS3:
         return {}
@@ -97,7 +98,8 @@ def mns_content_md5(body: bytes) -> str:
 def mns_string_to_sign(
     *, method: str, resource: str, headers: Mapping[str, str], content_md5: str = "", content_type: str = ""
 ) -> str:
-    """VERB\\nContent-MD5\\nContent-Type\\nDate\\n + sorted x-mns-* headers + resource (path?query as sent)."""
+    """VERB\\nContent-MD5\\nContent-Type\\nDate\\n + sorted x-mns-* headers + resource
+    (path?query as sent)."""
     lowered = {k.lower(): v for k, v in headers.items()}
     mns_headers = "".join(f"{k}:{lowered[k]}\n" for k in sorted(lowered) if k.startswith("x-mns-"))
     return (

@@ -7,6 +7,7 @@ there), then a `channel:<name>` route, then the default (FALLBACK_SMS_PROVIDER).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 
 from aiobotocore.session import AioSession
@@ -52,15 +53,24 @@ class SmsRouter:
                 return provider
         return self._channels.get(channel.lower(), self._default)
 
-    def pick(self, *, to: str, channel: str = "") -> ports.SmsGateway:
+    def route(self, *, to: str, channel: str = "") -> ports.SmsGateway:
         """The gateway that sends this SMS (its `name` is what the fallback's events record)."""
         return self._providers[self.provider_for(to=to, channel=channel)]
 
+    pick = route  # the older name, kept for callers that still use it
+
     async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
         """Send through the provider routed by `To` (no channel here: prefix routes, then the default)."""
-        return await self.pick(to=to).send(
+        return await self.route(to=to).send(
             fallback_id=fallback_id, to=to, text=text, template_params=template_params
         )
+
+    async def lookup(
+        self, *, fallback_id: str, to: str, since: dt.datetime, until: dt.datetime
+    ) -> ports.Lookup:
+        """Ask the provider routed by `To` alone. A channel route may have sent it elsewhere: callers that
+        know the channel ask `route(to=..., channel=...).lookup(...)` instead."""
+        return await self.route(to=to).lookup(fallback_id=fallback_id, to=to, since=since, until=until)
 
 
 def used_providers(settings: config.Settings) -> set[str]:

@@ -1,15 +1,16 @@
 """AWS SNS `Publish` to a phone number as an SMS gateway; our fallback id travels as a message attribute.
 
 SNS has no per-message delivery receipt (delivery status goes to CloudWatch Logs only), so a fallback sent
-through SNS ends at `sms_sent`.
+through SNS ends at `sms_sent`; for the same reason an ambiguous Publish cannot be looked up (UNKNOWN).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from fallback_daemon import errors
+from fallback_daemon import errors, ports
 from fallback_daemon.providers import aws
 
 FALLBACK_ID_ATTRIBUTE = "fallback_id"
@@ -49,6 +50,18 @@ class SnsSms:
         self._client = client
         self._sender_id = sender_id
         self._sms_type = sms_type
+
+    def route(self, *, to: str, channel: str) -> SnsSms:
+        del to, channel
+        return self
+
+    async def lookup(
+        self, *, fallback_id: str, to: str, since: dt.datetime, until: dt.datetime
+    ) -> ports.Lookup:
+        """Always UNKNOWN: SNS has no API that lists or finds published SMS (only optional CloudWatch
+        delivery-status logs, keyed by the MessageId the lost answer carried)."""
+        del fallback_id, to, since, until
+        return ports.Lookup(result=ports.LookupResult.UNKNOWN, detail="SNS has no query for a published SMS")
 
     def attributes(self, fallback_id: str) -> dict[str, dict[str, str]]:
         attrs = {"AWS.SNS.SMS.SMSType": _string(self._sms_type), FALLBACK_ID_ATTRIBUTE: _string(fallback_id)}

@@ -31,9 +31,14 @@ class _Action:
 
 ACTIONS: Mapping[str, _Action] = {
     cams.ACTION: _Action(cams.VERSION, cams.send_chatapp_message, "cams"),
+    cams.LIST_ACTION: _Action(cams.VERSION, cams.list_chatapp_message, "cams"),
     sms.GLOBE_ACTION: _Action(sms.GLOBE_VERSION, sms.send_message_to_globe, "dysmsapi"),
     sms.SMS_ACTION: _Action(sms.SMS_VERSION, sms.send_sms, "dysmsapi"),
+    sms.QUERY_MESSAGE_ACTION: _Action(sms.GLOBE_VERSION, sms.query_message, "dysmsapi"),
+    sms.QUERY_SEND_DETAILS_ACTION: _Action(sms.SMS_VERSION, sms.query_send_details, "dysmsapi"),
 }
+# Sends whose answer can be lost on purpose (POST /sandbox/faults).
+SEND_ACTIONS = (cams.ACTION, sms.GLOBE_ACTION, sms.SMS_ACTION)
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -110,8 +115,38 @@ async def release_late(request: web.Request) -> web.Response:
     return web.json_response({"released": request.app[state_mod.STATE].producer.release_late()})
 
 
+async def faults_view(request: web.Request) -> web.Response:
+    """GET/POST /sandbox/faults: the provider-trouble knobs of the send and query APIs.
+
+    POST takes JSON {"lose_answers"?: {"SendChatappMessage"|"SendMessageToGlobe"|"SendSms": n},
+    "fail_queries"?: n}: the next n accepted sends of that action are processed but never answered; the next
+    n query calls (ListChatappMessage, QuerySendDetails, QueryMessage) answer 503 ServiceUnavailable.
+    """
+    book = request.app[state_mod.STATE].ledger
+    if request.method == "POST":
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return web.json_response({"error": "body must be a JSON object"}, status=400)
+        lose = body.get("lose_answers", {})
+        if not isinstance(lose, dict) or not all(
+            k in SEND_ACTIONS and type(v) is int and v >= 0 for k, v in lose.items()
+        ):
+            problem = f"lose_answers: an object of {', '.join(SEND_ACTIONS)} -> integer >= 0"
+            return web.json_response({"error": problem}, status=400)
+        fail = body.get("fail_queries", book.fail_queries)
+        if type(fail) is not int or fail < 0:
+            return web.json_response({"error": "fail_queries: an integer >= 0"}, status=400)
+        book.lose_answers.update(lose)
+        book.fail_queries = fail
+    return web.json_response(book.to_json())
+
+
 async def reset(request: web.Request) -> web.Response:
     """POST /sandbox/reset: clear the journal and counters (receipts already in flight still go out)."""
+    request.app[state_mod.STATE].ledger.reset()
     request.app[state_mod.STATE].journal.reset()
     request.app[state_mod.STATE].limiter.rates.reset()
     return web.json_response({"reset": True})
@@ -153,6 +188,8 @@ def create_app(config: config_mod.SandboxConfig) -> web.Application:
     app.router.add_post("/sandbox/reset", reset)
     app.router.add_get("/sandbox/callbacks", callbacks_view)
     app.router.add_post("/sandbox/callbacks", callbacks_view)
+    app.router.add_get("/sandbox/faults", faults_view)
+    app.router.add_post("/sandbox/faults", faults_view)
     mns.add_routes(app)
     return app
 
@@ -168,6 +205,8 @@ async def _pushers(app: web.Application) -> AsyncIterator[None]:
             await state.producer.stop()
             for pusher in state.pushers:
                 await pusher.stop()
+            state.ledger.close()
+            state.journal.close()  # both files: nothing writes to them after the pushers stopped
 
 
 class Sandbox:
@@ -196,6 +235,18 @@ class Sandbox:
     def stall_deletes(self, count: int) -> None:
         """Hold the next `count` MNS delete requests unanswered (the deletes are never applied)."""
         self.state.stall_deletes = count
+
+    def lose_answers(self, action: str, count: int = 1) -> None:
+        """Process the next `count` accepted `action` sends but never answer them (the client times out)."""
+        if action not in SEND_ACTIONS or count < 0:
+            raise ValueError(f"action must be one of {SEND_ACTIONS}, count >= 0")
+        self.state.ledger.lose_answers[action] = count
+
+    def fail_queries(self, count: int) -> None:
+        """Answer the next `count` query calls with 503 ServiceUnavailable."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self.state.ledger.fail_queries = count
 
     def expire_tokens(self) -> int:
         """Expire every MNS token issued so far; returns how many were still valid."""

@@ -1,20 +1,29 @@
-"""CAMS `SendChatappMessage` (2020-06-06): QPS cap, business validation, outcome, response.
+"""CAMS `SendChatappMessage` (2020-06-06): QPS cap, business validation, outcome, response; and
+`ListChatappMessage`, answered from the sends the sandbox really accepted (its ledger).
 
 Called by the app's dispatcher after the signature was verified, with query and form params merged.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
 
-from fallback_daemon.sandbox import replies, world
+from fallback_daemon.sandbox import ledger, replies, world
 from fallback_daemon.sandbox import state as state_mod
 
 ACTION = "SendChatappMessage"
+LIST_ACTION = "ListChatappMessage"
 VERSION = "2020-06-06"
+# The limiter's window is one second: after that a slot is free for sure (milliseconds, as Alibaba's runtimes
+# read x-acs-retry-after).
+RETRY_AFTER_MS = "1000"
+LIST_CHANNELS = ("whatsapp", "viber")
+MAX_PAGE_SIZE = 100  # not documented [I]
 
 # MessageType values per channel (reference §1.3).
 MESSAGE_TYPES: dict[str, frozenset[str]] = {
@@ -117,7 +126,9 @@ async def send_chatapp_message(
         stats.throttled += 1
         if entry is not None:
             entry.throttled += 1
-        return replies.pop_error(request, 400, "Throttling.User")
+        throttled = replies.pop_error(request, 400, "Throttling.User")
+        throttled.headers["x-acs-retry-after"] = RETRY_AFTER_MS
+        return throttled
     problem = validate(params)
     outcome = world.Outcome.REJECTED if problem else state.world.chat_outcome(to)
     if outcome is world.Outcome.REJECTED:
@@ -150,8 +161,144 @@ async def send_chatapp_message(
         language=params.get("Language"),
         conversation_id=state.ids.conversation_id(),
     )
+    state.ledger.add(
+        ledger.ChatRecord(
+            message_id=message_id,
+            task_id=send.task_id,
+            channel=params["ChannelType"],
+            cust_space_id=params.get("CustSpaceId", ""),
+            sender=send.sender,
+            to=to,
+            kind=kind,
+            message_type=params.get("MessageType", ""),
+            template_code=params.get("TemplateCode", ""),
+            template_name=params.get("TemplateName", ""),
+            language=params.get("Language", ""),
+            content=params.get("Content", ""),
+            conversation_id=send.conversation_id,
+            outcome=outcome,
+            sent_at=dt.datetime.now(dt.UTC),
+        )
+    )
     # For `early` this awaits the Delivered push, so the receipt beats this response.
     await state.producer.chat_accepted(send, outcome, entry)
+    if state.ledger.take_lost_answer(ACTION):
+        await state.hold_answer(request)  # processed, receipts under way, answer never written
     return replies.reply(
         {"RequestId": replies.request_id(), "Code": "OK", "Message": "SUCCESS", "MessageId": message_id}
+    )
+
+
+def _page(value: str) -> tuple[int, int] | str:
+    """Page = JSON {"Index": n >= 1, "Size": 1..MAX_PAGE_SIZE} (the SDK sends it JSON-shrunk)."""
+    try:
+        page = json.loads(value)
+    except ValueError:
+        return 'must be a JSON object {"Index": n, "Size": n}'
+    if not isinstance(page, dict):
+        return 'must be a JSON object {"Index": n, "Size": n}'
+    index, size = page.get("Index"), page.get("Size")
+    if type(index) is not int or index < 1:
+        return "Index must be an integer >= 1"
+    if type(size) is not int or not 1 <= size <= MAX_PAGE_SIZE:
+        return f"Size must be an integer within 1..{MAX_PAGE_SIZE}"
+    return index, size
+
+
+def _millis(value: str | None) -> int | str | None:
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit():
+        return "must be a UNIX timestamp in milliseconds"
+    return int(value)
+
+
+def _list_params(request: web.Request, params: Mapping[str, str]) -> dict[str, Any] | web.Response:
+    for name in ("ChannelType", "CustSpaceId", "BusinessNumber", "Page"):
+        if not params.get(name):
+            return replies.missing(request, name)
+    channel = params["ChannelType"].lower()
+    if channel not in LIST_CHANNELS:
+        return replies.invalid(request, "ChannelType", f"must be one of {', '.join(LIST_CHANNELS)}")
+    page = _page(params["Page"])
+    if isinstance(page, str):
+        return replies.invalid(request, "Page", page)
+    bounds: list[int | None] = []
+    for name in ("StartTime", "EndTime"):
+        value = _millis(params.get(name))
+        if isinstance(value, str):
+            return replies.invalid(request, name, value)
+        bounds.append(value)
+    action = params.get("EventAction", "")
+    if action and action not in ("DOWN", "UP"):
+        return replies.invalid(request, "EventAction", "must be DOWN or UP")
+    return {"channel": channel, "page": page, "start": bounds[0], "end": bounds[1], "action": action}
+
+
+def _selected(record: ledger.ChatRecord, params: Mapping[str, str], query: Mapping[str, Any]) -> bool:
+    sent_ms = int(record.sent_at.timestamp() * 1000)
+    space = params["CustSpaceId"]
+    return (
+        query["action"] != "UP"  # the sandbox has no inbound messages
+        and record.channel == query["channel"]
+        and (not record.cust_space_id or record.cust_space_id == space)
+        and record.sender == params["BusinessNumber"]
+        and (not params.get("UserNumber") or record.to == params["UserNumber"])
+        and (not params.get("TemplateCode") or record.template_code == params["TemplateCode"])
+        and (not params.get("MessageStatus") or ledger.CHAT_STATUS[record.outcome] == params["MessageStatus"])
+        and (query["start"] is None or sent_ms >= query["start"])
+        and (query["end"] is None or sent_ms <= query["end"])
+    )
+
+
+def _row(record: ledger.ChatRecord) -> dict[str, Any]:
+    """One Data row, with the field names of ListChatappMessageResponseBodyData (SDK model)."""
+    status = ledger.CHAT_STATUS[record.outcome]
+    message_type = "TEMPLATE" if record.kind == "template" else record.message_type.upper()
+    return {
+        "BusinessNumber": record.sender,
+        "ChannelType": record.channel.upper(),
+        "ConversationId": record.conversation_id,
+        "EventAction": "DOWN",
+        "EventActionName": "DOWN",
+        "FailBackFlag": "N",
+        "FailReason": world.FAILED_DESCRIPTION if status == "failed" else "",
+        "LanguageCode": record.language,
+        "Message": record.content,
+        "MessageId": record.message_id,
+        "MessageSource": "api",
+        "MessageStatus": status,
+        "MessageStatusName": status.capitalize(),
+        "MessageType": message_type,
+        "MessageTypeName": message_type.lower(),
+        "Month": record.sent_at.strftime("%Y%m"),
+        "SendTime": record.sent_at.isoformat(timespec="milliseconds"),
+        "TemplateCode": record.template_code,
+        "TemplateName": record.template_name,
+        "Type": record.kind,
+        "UniqueMessageId": record.message_id,
+        "UserNumber": record.to,
+    }
+
+
+async def list_chatapp_message(
+    state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
+) -> web.Response:
+    """ListChatappMessage: outbound messages of one business number (and user, window...), newest first."""
+    del access_key
+    if state.ledger.take_query_failure():
+        return replies.pop_error(
+            request,
+            503,
+            "ServiceUnavailable",
+            "The request has failed due to a temporary failure of the server.",
+        )
+    query = _list_params(request, params)
+    if isinstance(query, web.Response):
+        return query
+    chosen = [r for r in reversed(state.ledger.chat) if _selected(r, params, query)]
+    index, size = query["page"]
+    rows = [_row(r) for r in chosen[(index - 1) * size : index * size]]
+    return replies.reply(
+        {"RequestId": replies.request_id(), "Code": "OK", "Message": "SUCCESS", "Success": True, "Data": rows}
     )

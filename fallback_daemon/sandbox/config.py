@@ -48,6 +48,8 @@ class SandboxConfig:
         push_timeout_s: timeout of one push.
         max_skew_s: allowed difference between x-acs-date and the sandbox clock.
         journal_limit: most entries kept per journal section (oldest dropped first).
+        journal_path: a file the journal's send records are appended to and replayed from on start, so
+            they survive restarts (None: in memory only).
         receipt_delivery: `http` (push to the callback URLs), `mns` (one base64-JSON message per report in
             the MNS queues below) or `both` (each report over both: duplicates on purpose).
         mns_uid: the account id in the Alicom queue names `Alicom-Queue-<uid>-ChatAppStatus` / `-SmsReport`.
@@ -81,6 +83,7 @@ class SandboxConfig:
     push_timeout_s: float = 3.0
     max_skew_s: int = 900
     journal_limit: int = 100_000
+    journal_path: str | None = None
     receipt_delivery: str = "http"
     mns_uid: str = "1234567890"
     mns_chatapp_queue: str | None = None

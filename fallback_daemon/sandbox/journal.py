@@ -1,15 +1,68 @@
 """What the sandbox did, for tests and the demo: the journal (per CAMS TaskId, per SMS TaskId/OutId) and
 counters.
 
-Served as JSON by `GET /sandbox/journal` and `GET /sandbox/stats`. In memory only, bounded by
-`journal_limit` entries per section (oldest dropped first).
+Served as JSON by `GET /sandbox/journal` and `GET /sandbox/stats`. Bounded by `journal_limit` entries per
+section (oldest dropped first). With a `path`, every change to a send record is also appended to that file
+(one JSON line per change, written before the handler's response goes out) and replayed on start, so the
+record of what the provider received survives a restart or kill -9 of the sandbox: the fault harness's
+ground truth. Reports and counters are not persisted.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any
+import json
+import pathlib
+from collections.abc import Callable, Iterable
+from typing import IO, Any, SupportsIndex
+
+Sink = Callable[["ChatEntry | SmsEntry"], None]
+
+
+class _Tracked(list[str]):
+    """A list of ids that reports appends to its entry's sink (MessageIds are recorded by append)."""
+
+    def __init__(self, items: Iterable[str] = (), on_change: Callable[[], None] | None = None) -> None:
+        super().__init__(items)
+        self._on_change = on_change
+
+    def append(self, item: str) -> None:
+        super().append(item)
+        if self._on_change is not None:
+            self._on_change()
+
+    def insert(self, index: SupportsIndex, item: str) -> None:
+        super().insert(index, item)
+        if self._on_change is not None:
+            self._on_change()
+
+
+class _Persisted:
+    """Mixin: once `_attach(sink)` is called, every field assignment hands the entry to the sink."""
+
+    _sink: Sink | None = None
+    _persisted_fields: tuple[str, ...] = ()
+
+    def _attach(self, sink: Sink) -> None:
+        object.__setattr__(self, "_sink", sink)
+        ids = _Tracked(self.message_ids, self._changed)  # type: ignore[attr-defined]
+        object.__setattr__(self, "message_ids", ids)
+
+    def _changed(self) -> None:
+        if self._sink is not None:
+            self._sink(self)  # type: ignore[arg-type]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in self._persisted_fields:
+            self._changed()
+
+    def record(self) -> dict[str, Any]:
+        """The persisted fields (everything but the reports)."""
+        out = {name: getattr(self, name) for name in self._persisted_fields}
+        out["message_ids"] = list(out["message_ids"])
+        return out
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -31,7 +84,7 @@ class ReportLog:
 
 
 @dataclasses.dataclass(kw_only=True)
-class ChatEntry:
+class ChatEntry(_Persisted):
     """All SendChatappMessage calls carrying one TaskId (or, without TaskId, one MessageId)."""
 
     task_id: str
@@ -46,13 +99,11 @@ class ChatEntry:
     reports: list[ReportLog] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["reports"] = [r.to_json() for r in self.reports]
-        return out
+        return {**self.record(), "reports": [r.to_json() for r in self.reports]}
 
 
 @dataclasses.dataclass(kw_only=True)
-class SmsEntry:
+class SmsEntry(_Persisted):
     """All SMS sends carrying one reference: TaskId (SendMessageToGlobe) or OutId (SendSms)."""
 
     ref: str
@@ -65,9 +116,7 @@ class SmsEntry:
     reports: list[ReportLog] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["reports"] = [r.to_json() for r in self.reports]
-        return out
+        return {**self.record(), "reports": [r.to_json() for r in self.reports]}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -105,35 +154,90 @@ class Stats:
         return dataclasses.asdict(self)
 
 
-class Journal:
-    """Per-reference records of sends and the reports they produced."""
+def _fields(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "reports")
 
-    def __init__(self, *, limit: int) -> None:
+
+ChatEntry._persisted_fields = _fields(ChatEntry)
+SmsEntry._persisted_fields = _fields(SmsEntry)
+
+
+class Journal:
+    """Per-reference records of sends and the reports they produced.
+
+    Args:
+        limit: most entries kept per section (oldest dropped first).
+        path: a file the send records are appended to and replayed from (None: in memory only).
+    """
+
+    def __init__(self, *, limit: int, path: str | pathlib.Path | None = None) -> None:
         self._limit = limit
         self.chat: collections.OrderedDict[str, ChatEntry] = collections.OrderedDict()
         self.sms: collections.OrderedDict[str, SmsEntry] = collections.OrderedDict()
         self.stats = Stats()
+        self._file: IO[str] | None = None
+        self._persist = path is not None
+        if path is not None:
+            self._path = pathlib.Path(path)
+            self._replay()
+            # Line-buffered: each record reaches the OS before the response does (a kill -9 keeps it).
+            self._file = self._path.open("a", encoding="utf-8", buffering=1)
+
+    def _replay(self) -> None:
+        if not self._path.exists():
+            return
+        with self._path.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    section, fields = record["section"], record["entry"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill: the earlier record of that entry stands
+                if section == "chat":
+                    self._put(self.chat, fields["task_id"], ChatEntry(**fields))
+                elif section == "sms":
+                    self._put(self.sms, fields["ref"], SmsEntry(**fields))
+
+    def _write(self, entry: ChatEntry | SmsEntry) -> None:
+        if self._file is not None:
+            section = "chat" if isinstance(entry, ChatEntry) else "sms"
+            self._file.write(json.dumps({"section": section, "entry": entry.record()}) + "\n")
+
+    def _put(self, table: collections.OrderedDict[str, Any], key: str, entry: ChatEntry | SmsEntry) -> None:
+        table[key] = entry
+        table.move_to_end(key)
+        while len(table) > self._limit:
+            table.popitem(last=False)
+        if self._persist:
+            entry._attach(self._write)
 
     def chat_entry(self, task_id: str, to: str) -> ChatEntry:
         entry = self.chat.get(task_id)
         if entry is None:
-            entry = self.chat[task_id] = ChatEntry(task_id=task_id, to=to)
-            while len(self.chat) > self._limit:
-                self.chat.popitem(last=False)
+            entry = ChatEntry(task_id=task_id, to=to)
+            self._put(self.chat, task_id, entry)
+            self._write(entry)
         return entry
 
     def sms_entry(self, ref: str, api: str, to: str) -> SmsEntry:
         entry = self.sms.get(ref)
         if entry is None:
-            entry = self.sms[ref] = SmsEntry(ref=ref, api=api, to=to)
-            while len(self.sms) > self._limit:
-                self.sms.popitem(last=False)
+            entry = SmsEntry(ref=ref, api=api, to=to)
+            self._put(self.sms, ref, entry)
+            self._write(entry)
         return entry
 
     def reset(self) -> None:
         self.chat.clear()
         self.sms.clear()
         self.stats = Stats()
+        if self._file is not None:
+            self._file.truncate(0)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -9,17 +9,15 @@ between its commit and its delete.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from fallback_daemon.providers import mns as mns_provider
 from fallback_daemon.sandbox import config as config_mod
-from fallback_daemon.sandbox import mnsqueue, replies
+from fallback_daemon.sandbox import mnsqueue, mnsxml, replies
 from fallback_daemon.sandbox import state as state_mod
 
-XMLNS = mns_provider.XMLNS
+XMLNS = mnsxml.XMLNS
 MAX_BATCH = 16
 MAX_WAIT_S = 30
 MAX_BODY = 64 * 1024
@@ -34,7 +32,7 @@ def _elements(pairs: list[tuple[str, object]]) -> str:
 
 
 def _reply(request: web.Request, status: int, body: str | None = None) -> web.Response:
-    headers = {"x-mns-request-id": replies.request_id(), "x-mns-version": mns_provider.API_VERSION}
+    headers = {"x-mns-request-id": replies.request_id(), "x-mns-version": mnsxml.API_VERSION}
     if body is None:
         return web.Response(status=status, headers=headers)
     return web.Response(
@@ -125,19 +123,14 @@ async def _receive(request: web.Request, queue: mnsqueue.Queue, query: dict[str,
 def _send(request: web.Request, queue: mnsqueue.Queue, body: bytes) -> web.Response:
     """SendMessage (`<Message>` root) or BatchSendMessage (`<Messages>`, 1..16 messages)."""
     try:
-        root = mns_provider.xml_root(body)
-        batch = mns_provider.xml_local(root.tag) == "Messages"
-        elems = [e for e in root if mns_provider.xml_local(e.tag) == "Message"] if batch else [root]
-        parsed = []
-        for elem in elems:
-            fields = mns_provider.xml_fields(elem)
-            delay = int(fields.get("DelaySeconds") or 0)
-            priority = int(fields.get("Priority") or mnsqueue.DEFAULT_PRIORITY)
-            if mns_provider.xml_local(elem.tag) != "Message" or "MessageBody" not in fields:
-                raise ValueError("no <Message> with a <MessageBody>")
-            parsed.append((fields["MessageBody"], delay, priority))
-    except (ValueError, ET.ParseError):
-        return error(request, 400, "MalformedXML", "The body must be <Message> or <Messages> (MessageBody).")
+        batch, messages = mnsxml.send_request(body)
+    except mnsxml.MalformedXml as exc:
+        return error(
+            request, 400, "MalformedXML", f"The body must be <Message> or <Messages> (MessageBody): {exc}."
+        )
+    parsed = [
+        (m.body, m.delay_s, mnsqueue.DEFAULT_PRIORITY if m.priority is None else m.priority) for m in messages
+    ]
     if not 1 <= len(parsed) <= MAX_BATCH:
         return error(request, 400, "InvalidArgument", f"A batch holds 1..{MAX_BATCH} messages.")
     if not all(0 <= d <= 604800 and 1 <= p <= 16 for _, d, p in parsed):
@@ -182,12 +175,14 @@ async def _delete(
 ) -> web.Response:
     if body:
         try:
-            root = mns_provider.xml_root(body)
-        except (ValueError, ET.ParseError):
-            return error(request, 400, "MalformedXML", "The body is not a valid <ReceiptHandles> document.")
-        handles = [e.text or "" for e in root if mns_provider.xml_local(e.tag) == "ReceiptHandle"]
-        if mns_provider.xml_local(root.tag) != "ReceiptHandles" or not 1 <= len(handles) <= MAX_BATCH:
+            found = mnsxml.receipt_handles(body)
+        except mnsxml.MalformedXml as exc:
+            return error(
+                request, 400, "MalformedXML", f"The body is not a valid <ReceiptHandles> document: {exc}."
+            )
+        if found is None or not 1 <= len(found) <= MAX_BATCH:
             return error(request, 400, "InvalidArgument", f"<ReceiptHandles> holds 1..{MAX_BATCH} handles.")
+        handles = found
     elif query.get("receipthandle"):
         handles = [query["receipthandle"]]
     else:

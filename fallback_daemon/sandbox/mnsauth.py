@@ -3,21 +3,23 @@ skew, Content-MD5, and the temporary credentials (`security-token`) QueryTokenFo
 
 Alicom queues (`Alicom-Queue-*`) accept only a live token issued for that queue; any other queue is an
 "own" queue that the static AccessKey may use. Verification rebuilds the string to sign from what was
-received with the project's own `signing` module.
+received, with the sandbox's own implementation of the documented scheme (`string_to_sign`, `signature`,
+`content_md5` below), never the daemon's `providers/signing.py`: a signing bug there must fail against the
+sandbox instead of being mirrored by it.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import dataclasses
 import datetime as dt
 import email.utils
+import hashlib
 import hmac
 import secrets
 import time
 from collections.abc import Callable, Mapping
-
-from fallback_daemon.providers import signing
 
 ALICOM_PREFIX = "Alicom-Queue-"
 BEIJING = dt.timezone(dt.timedelta(hours=8))
@@ -96,6 +98,36 @@ class Nonces:
         return True
 
 
+# ---- the MNS signature, from the MNS signing documentation -------------------------------------------------
+#   StringToSign = VERB "\n" Content-MD5 "\n" Content-Type "\n" Date "\n"
+#                  CanonicalizedMNSHeaders   (each x-mns-* header: lowercase-name ":" value "\n", sorted)
+#                  CanonicalizedResource     (the request path and query string exactly as sent)
+#   Authorization = "MNS " AccessKeyId ":" base64(HMAC-SHA1(AccessKeySecret, StringToSign))
+# The `security-token` header of temporary credentials does not start with x-mns-, so it is not signed.
+
+
+def content_md5(body: bytes) -> str:
+    """Content-MD5 as the MNS SDKs send it: base64 of the *hexadecimal* MD5 string of the body."""
+    hex_digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
+    return base64.b64encode(hex_digest.encode("ascii")).decode("ascii")
+
+
+def build_string_to_sign(method: str, resource: str, headers: Mapping[str, str]) -> str:
+    """The string a client must have signed for this request, from the headers as received."""
+    received: dict[str, str] = {}
+    for name, value in headers.items():
+        received.setdefault(name.lower(), value)  # a repeated header: the first value, as a server reads it
+    canonical = "".join(f"{k}:{received[k]}\n" for k in sorted(received) if k.startswith("x-mns-"))
+    fields = [method.upper(), *(received.get(k, "") for k in ("content-md5", "content-type", "date"))]
+    return "\n".join(fields) + "\n" + canonical + resource
+
+
+def signature(secret: str, string_to_sign: str) -> str:
+    """base64(HMAC-SHA1(secret, string_to_sign))."""
+    mac = hmac.new(secret.encode("utf-8"), string_to_sign.encode("utf-8"), hashlib.sha1)
+    return base64.b64encode(mac.digest()).decode("ascii")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Denial:
     """An MNS refusal: HTTP status, error code and message."""
@@ -149,20 +181,14 @@ class Verifier:
         if denial is not None:
             return denial
         md5 = headers.get("Content-MD5", "")
-        if body and md5 and md5 != signing.mns_content_md5(body):
+        if body and md5 and md5 != content_md5(body):
             return Denial(status=400, code="InvalidDigest", message="Content-MD5 does not match the body.")
         secret, token = self._secret_for(ak)
         if secret is None:
             return Denial(status=403, code="InvalidAccessKeyId", message="The access key id does not exist.")
-        string_to_sign = signing.mns_string_to_sign(
-            method=method,
-            resource=resource,
-            headers=headers,
-            content_md5=md5,
-            content_type=headers.get("Content-Type", ""),
-        )
-        expected = signing.mns_authorization(access_key_id=ak, secret=secret, string_to_sign=string_to_sign)
-        if not hmac.compare_digest(expected, auth):
+        string_to_sign = build_string_to_sign(method, resource, headers)
+        expected = f"MNS {ak}:{signature(secret, string_to_sign)}"
+        if not hmac.compare_digest(expected.encode(), auth.encode()):
             return Denial(
                 status=403,
                 code="SignatureDoesNotMatch",

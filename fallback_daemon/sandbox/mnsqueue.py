@@ -143,7 +143,7 @@ class Queue:
                 self._handles.pop(msg.handle, None)
                 msg.handle = None
             self._ready.append(mid)
-        out = []
+        out: list[Delivery] = []
         stats = self._stats()
         while self._ready and len(out) < n:
             msg = self._messages.get(self._ready.popleft())

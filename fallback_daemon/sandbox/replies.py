@@ -43,6 +43,22 @@ def pop_error(
     return reply(body, status=status)
 
 
+def missing(request: web.Request, name: str, product: str = "cams") -> web.Response:
+    """The gateway's answer to a required parameter left out (POP `Missing<Name>`, HTTP 400) [I]."""
+    return pop_error(request, 400, f"Missing{name}", f"{name} is mandatory for this action.", product=product)
+
+
+def invalid(request: web.Request, name: str, problem: str, product: str = "cams") -> web.Response:
+    """The gateway's answer to a parameter of the wrong form (POP `InvalidParameter`, HTTP 400) [I]."""
+    return pop_error(
+        request,
+        400,
+        "InvalidParameter",
+        f"The specified parameter {name} is not valid: {problem}",
+        product=product,
+    )
+
+
 def reply(body: dict[str, Any], status: int = 200) -> web.Response:
     rid = body.get("RequestId") or request_id()
     return web.json_response(body, status=status, headers={"x-acs-request-id": str(rid)})

@@ -1,4 +1,6 @@
-"""Dysmsapi `SendMessageToGlobe` (2018-05-01, international) and `SendSms` (2017-05-25, domestic).
+"""Dysmsapi `SendMessageToGlobe` (2018-05-01, international) and `SendSms` (2017-05-25, domestic), and
+their queries `QueryMessage` (by MessageId) and `QuerySendDetails` (by number and date), answered from
+the sends the sandbox really accepted (its ledger).
 
 Called by the app's dispatcher after the signature was verified. Each accepted send is journalled under its
 reference (TaskId / OutId, else the provider id) and gets one delivery report per number.
@@ -7,6 +9,7 @@ reference (TaskId / OutId, else the provider id) and gets one delivery report pe
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -14,11 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
-from fallback_daemon.sandbox import replies, world
+from fallback_daemon.sandbox import ledger, replies, world
 from fallback_daemon.sandbox import state as state_mod
 
 GLOBE_ACTION, GLOBE_VERSION = "SendMessageToGlobe", "2018-05-01"
 SMS_ACTION, SMS_VERSION = "SendSms", "2017-05-25"
+QUERY_MESSAGE_ACTION = "QueryMessage"  # 2018-05-01
+QUERY_SEND_DETAILS_ACTION = "QuerySendDetails"  # 2017-05-25
+MAX_DETAILS_PAGE_SIZE = 50
+DETAILS_DAYS = 30  # QuerySendDetails: "records from the past 30 days"
+CHINA_FORMAT = "%Y-%m-%d %H:%M:%S"
 DIGITS = re.compile(r"[0-9]{5,20}")
 SENDER_ID = re.compile(r"[A-Za-z0-9 ]{1,11}|[0-9]{1,15}")
 MAX_PHONE_NUMBERS = 1000
@@ -43,7 +51,7 @@ def _globe_problem(params: Mapping[str, str]) -> str | None:
 async def send_message_to_globe(
     state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
 ) -> web.Response:
-    del access_key, request  # SMS calls are not rate limited by the sandbox
+    del access_key  # SMS calls are not rate limited by the sandbox
     stats = state.journal.stats
     stats.sms_calls += 1
     task_id = params.get("TaskId") or None
@@ -70,6 +78,20 @@ async def send_message_to_globe(
     entry.message_ids.append(message_id)
     stats.sms_sends += 1
     sent_at = dt.datetime.now(dt.UTC)
+    state.ledger.add(
+        ledger.SmsRecord(
+            api=GLOBE_ACTION,
+            provider_id=message_id,
+            ref=task_id or "",
+            phone=to,
+            sender=params.get("From", ""),
+            text=text,
+            template_code="",
+            segments=parts,
+            failed=failed,
+            sent_at=sent_at,
+        )
+    )
 
     def build(received_at: dt.datetime) -> dict[str, Any]:
         return world.intl_sms_report(
@@ -85,6 +107,8 @@ async def send_message_to_globe(
     state.producer.sms_accepted(
         domestic=False, entry=entry, message_id=message_id, status=entry.outcome, build=build
     )
+    if state.ledger.take_lost_answer(GLOBE_ACTION):
+        await state.hold_answer(request)
     return replies.reply(
         {
             "RequestId": replies.request_id(),
@@ -119,7 +143,7 @@ def _sms_problem(params: Mapping[str, str], phones: list[str]) -> tuple[str, str
 async def send_sms(
     state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
 ) -> web.Response:
-    del access_key, request
+    del access_key
     stats = state.journal.stats
     stats.sms_calls += 1
     out_id = params.get("OutId") or None
@@ -141,6 +165,20 @@ async def send_sms(
     for phone in phones:
         failed = state.world.sms_fails(phone)
         outcomes.add("failed" if failed else "delivered")
+        state.ledger.add(
+            ledger.SmsRecord(
+                api=SMS_ACTION,
+                provider_id=biz_id,
+                ref=out_id or "",
+                phone=phone,
+                sender=params["SignName"],
+                text=params.get("TemplateParam", ""),
+                template_code=params["TemplateCode"],
+                segments=1,
+                failed=failed,
+                sent_at=sent_at,
+            )
+        )
         state.producer.sms_accepted(
             domestic=True,
             entry=entry,
@@ -151,6 +189,8 @@ async def send_sms(
             ),
         )
     entry.outcome = outcomes.pop() if len(outcomes) == 1 else "mixed"
+    if state.ledger.take_lost_answer(SMS_ACTION):
+        await state.hold_answer(request)
     return replies.reply({"RequestId": replies.request_id(), "Code": "OK", "Message": "OK", "BizId": biz_id})
 
 
@@ -169,3 +209,136 @@ def _domestic_builder(
         )
 
     return build
+
+
+# ---- queries ---------------------------------------------------------------------------------------------
+
+
+def _unavailable(request: web.Request) -> web.Response:
+    return replies.pop_error(
+        request,
+        503,
+        "ServiceUnavailable",
+        "The request has failed due to a temporary failure.",
+        product="dysmsapi",
+    )
+
+
+def _positive(value: str, low: int, high: int | None) -> int | None:
+    if not value.isascii() or not value.isdigit():
+        return None
+    number = int(value)
+    return number if number >= low and (high is None or number <= high) else None
+
+
+def _details_params(
+    request: web.Request, params: Mapping[str, str]
+) -> tuple[dt.date, int, int] | web.Response:
+    for name in ("PhoneNumber", "SendDate", "PageSize", "CurrentPage"):
+        if not params.get(name):
+            return replies.missing(request, name, product="dysmsapi")
+    try:
+        day = dt.datetime.strptime(params["SendDate"], "%Y%m%d").date()
+    except ValueError:
+        return replies.invalid(request, "SendDate", "must be yyyyMMdd", product="dysmsapi")
+    today = dt.datetime.now(world.CHINA).date()
+    if not today - dt.timedelta(days=DETAILS_DAYS) <= day <= today:
+        return replies.invalid(
+            request, "SendDate", f"must be within the past {DETAILS_DAYS} days", product="dysmsapi"
+        )
+    size = _positive(params["PageSize"], 1, MAX_DETAILS_PAGE_SIZE)
+    if size is None:
+        return replies.invalid(
+            request, "PageSize", f"must be an integer within 1..{MAX_DETAILS_PAGE_SIZE}", product="dysmsapi"
+        )
+    page = _positive(params["CurrentPage"], 1, None)
+    if page is None:
+        return replies.invalid(request, "CurrentPage", "must be an integer >= 1", product="dysmsapi")
+    return day, size, page
+
+
+def _detail_row(record: ledger.SmsRecord) -> dict[str, Any]:
+    """One SmsSendDetailDTO (SDK model QuerySendDetailsResponseBodySmsSendDetailDTOsSmsSendDetailDTO)."""
+    sent = record.sent_at.astimezone(world.CHINA)
+    row: dict[str, Any] = {
+        "PhoneNum": record.phone,
+        "SendStatus": 2 if record.failed else 3,
+        "ErrCode": "UNDELIV" if record.failed else "DELIVERED",
+        "TemplateCode": record.template_code,
+        "Content": f"【{record.sender}】{record.text}",
+        "SendDate": sent.strftime(CHINA_FORMAT),
+        "ReceiveDate": sent.strftime(CHINA_FORMAT),
+    }
+    if record.ref:
+        row["OutId"] = record.ref
+    return row
+
+
+async def query_send_details(
+    state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
+) -> web.Response:
+    """QuerySendDetails: SendSms records of one number on one SendDate (China time), newest first."""
+    del access_key
+    if state.ledger.take_query_failure():
+        return _unavailable(request)
+    checked = _details_params(request, params)
+    if isinstance(checked, web.Response):
+        return checked
+    day, size, page = checked
+    biz_id = params.get("BizId", "")
+    chosen = [
+        r
+        for r in reversed(state.ledger.sms)
+        if r.api == SMS_ACTION
+        and r.phone == params["PhoneNumber"]
+        and r.sent_at.astimezone(world.CHINA).date() == day
+        and (not biz_id or r.provider_id == biz_id)
+    ]
+    rows = [_detail_row(r) for r in chosen[(page - 1) * size : page * size]]
+    return replies.reply(
+        {
+            "RequestId": replies.request_id(),
+            "Code": "OK",
+            "Message": "OK",
+            "TotalCount": str(len(chosen)),
+            "SmsSendDetailDTOs": {"SmsSendDetailDTO": rows},
+        }
+    )
+
+
+async def query_message(
+    state: state_mod.SandboxState, *, access_key: str, params: Mapping[str, str], request: web.Request
+) -> web.Response:
+    """QueryMessage: one SendMessageToGlobe message by its MessageId (QueryMessageResponseBody fields)."""
+    del access_key
+    if state.ledger.take_query_failure():
+        return _unavailable(request)
+    message_id = params.get("MessageId", "")
+    if not message_id:
+        return replies.missing(request, "MessageId", product="dysmsapi")
+    found = next((r for r in state.ledger.sms if r.api == GLOBE_ACTION and r.provider_id == message_id), None)
+    if found is None:
+        return replies.reply(
+            {
+                "RequestId": replies.request_id(),
+                "ResponseCode": "InvalidMessageId",
+                "ResponseDescription": "The MessageId does not exist.",
+            }
+        )
+    sent = email.utils.format_datetime(found.sent_at.astimezone(world.CHINA))
+    return replies.reply(
+        {
+            "RequestId": replies.request_id(),
+            "ResponseCode": "OK",
+            "ResponseDescription": "OK",
+            "MessageId": found.provider_id,
+            "To": found.phone,
+            "Message": found.text,
+            "Status": "2" if found.failed else "1",
+            "ErrorCode": "UNDELIV" if found.failed else "DELIVERED",
+            "ErrorDescription": "The message could not be delivered." if found.failed else "success",
+            "SendDate": sent,
+            "ReceiveDate": sent,
+            "NumberDetail": world.number_detail(found.phone),
+        }
+    )

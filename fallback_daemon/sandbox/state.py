@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fallback_daemon.sandbox import auth, journal, mnsauth, mnsqueue, pusher, rates, receipts, replies, world
+from fallback_daemon.sandbox import (
+    auth,
+    journal,
+    ledger,
+    mnsauth,
+    mnsqueue,
+    pusher,
+    rates,
+    receipts,
+    replies,
+    world,
+)
 from fallback_daemon.sandbox import config as config_mod
 
 
@@ -21,8 +32,12 @@ class SandboxState:
         qps = auth.RateLimiter(qps=config.qps, clock=config.clock)
         self.limiter = rates.CountingLimiter(qps, config.clock)
         self.world = world.World(config)
-        self.journal = journal.Journal(limit=config.journal_limit)
+        self.journal = journal.Journal(limit=config.journal_limit, path=config.journal_path)
         self.ids = replies.Ids()
+        # Accepted sends with their times (the query APIs answer from it) and the lost-answer knobs.
+        self.ledger = ledger.Ledger(
+            limit=config.journal_limit, path=f"{config.journal_path}.ledger" if config.journal_path else None
+        )
         # MNS: queues, temporary credentials, receipt delivery mode and the delete-stall knob.
         self.delivery = config.receipt_delivery
         self.mns = mnsqueue.Broker(
@@ -82,6 +97,16 @@ class SandboxState:
         self.callbacks.chatapp = chatapp_url
         self.callbacks.sms = sms_url
         self.callbacks.sms_domestic = sms_domestic_url
+
+    async def hold_answer(self, request: web.Request) -> None:
+        """Keep a processed request unanswered until its client gives up or the sandbox shuts down: the
+        "request arrived, answer lost" fault (an ambiguous send for the client)."""
+        while not self.mns.closed:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            # aiohttp has no awaitable for "client went away" without handler cancellation: poll (50 ms).
+            await self.mns.wait_closed(0.05)
 
 
 STATE = web.AppKey("sandbox_state", SandboxState)

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fallback_daemon import errors, validation
+from fallback_daemon import errors, service, validation
 from fallback_daemon.web import keys
 
 MAX_KEY = 255
@@ -29,7 +29,11 @@ def ui_session(api_token: str) -> str:
 
 
 def check_bearer(request: web.Request) -> None:
-    """The bearer token; on GET/HEAD the /ui session cookie counts too (read-only: actions need the token)."""
+    """The bearer token; on GET/HEAD the /ui session cookie counts too (read-only: actions need the token).
+
+    Compared as bytes in constant time; a header that is not UTF-8 (surrogate-escaped by aiohttp) is refused
+    by the error middleware before this runs, and is encoded losslessly here in case it does not.
+    """
     expected = request.app[keys.SETTINGS].api_token.reveal()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -39,7 +43,7 @@ def check_bearer(request: web.Request) -> None:
     if (
         not expected
         or scheme.lower() != "bearer"
-        or not hmac.compare_digest(token.encode(), expected.encode())
+        or not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
     ):
         raise web.HTTPUnauthorized(
             text=json.dumps({"error": {"message": "missing or wrong bearer token"}}),
@@ -49,8 +53,10 @@ def check_bearer(request: web.Request) -> None:
 
 
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
-    return validation.loads("body", raw)
+    """The decoded JSON body; text Postgres cannot store (NUL, lone surrogates) is a 400 naming its path."""
+    value = validation.loads("body", await request.read())
+    validation.check_tree("body", value)
+    return value
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -62,27 +68,45 @@ def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+# Keys are scoped to their endpoint, as stored: a single send keyed "k:0" and item 0 of a batch keyed "k"
+# are different messages. In the batch scope "<key>:<i>" is unique: the index after the last ':' is digits.
+def single_key(key: str | None) -> str | None:
+    return None if key is None else f"single:{key}"
+
+
+def batch_keys(key: str | None, count: int) -> list[str | None]:
+    return [None if key is None else f"batch:{key}:{i}" for i in range(count)]
+
+
+def accepted_view(a: service.Accepted) -> dict[str, Any]:
+    """A new message (`state: accepted`), or the one the key named, in its current state (a replay)."""
+    return {"id": str(a.id), "state": a.chat_state, "fallback_state": a.fallback_state, "created": a.created}
+
+
 async def post_message(request: web.Request) -> web.Response:
+    """POST /v1/messages: 202 with the new id; a replayed Idempotency-Key: 200 and the message as it is now;
+    the key with another body: 422."""
     check_bearer(request)
     key = idempotency_key(request)
-    req = validation.validate_send(await read_json(request))
-    [accepted] = await request.app[keys.SERVICE].accept([req], [key])
-    return web.json_response(
-        {"id": str(accepted.id), "state": "accepted", "created": accepted.created},
-        status=202 if accepted.created else 200,
-    )
+    body = await read_json(request)
+    req = validation.validate_send(body)
+    digest = validation.request_digest(body) if key is not None else None
+    [accepted] = await request.app[keys.SERVICE].accept([req], [single_key(key)], request_hash=digest)
+    return web.json_response(accepted_view(accepted), status=202 if accepted.created else 200)
 
 
 async def post_batch(request: web.Request) -> web.Response:
-    """{"messages": [...]}; with an Idempotency-Key header, item i uses "<key>:<i>"."""
+    """{"messages": [...]}; with an Idempotency-Key, item i is keyed "<key>:<i>" in the batch scope, and the
+    whole body is the request the key stands for (another body with the same key: 422, nothing stored)."""
     check_bearer(request)
     key = idempotency_key(request)
-    reqs = validation.validate_batch(await read_json(request))
-    item_keys = [None if key is None else f"{key}:{i}" for i in range(len(reqs))]
-    accepted = await request.app[keys.SERVICE].accept(reqs, item_keys)
+    body = await read_json(request)
+    reqs = validation.validate_batch(body)
+    digest = validation.request_digest(body) if key is not None else None
+    accepted = await request.app[keys.SERVICE].accept(reqs, batch_keys(key, len(reqs)), request_hash=digest)
     return web.json_response(
-        {"messages": [{"id": str(a.id), "state": "accepted", "created": a.created} for a in accepted]},
-        status=202,
+        {"messages": [accepted_view(a) for a in accepted]},
+        status=202 if any(a.created for a in accepted) else 200,
     )
 
 

@@ -29,8 +29,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "invalid input (names the field)",
         401: "missing or wrong bearer token",
         404: "no such object",
+        408: "the body did not arrive within the body deadline (30 s)",
         409: "the current state does not allow it (the refusal is recorded in the timeline)",
-        413: "body too large",
+        413: "body too large (also once decoded from its Content-Encoding)",
+        415: "a Content-Encoding other than gzip, deflate or identity",
+        422: "the Idempotency-Key was first used with a different request body (nothing stored)",
         503: "database unavailable",
     }
     return {str(c): _json(ERROR, text[c]) for c in codes}
@@ -57,6 +60,18 @@ ACTION_PROPS: dict[str, Any] = {
     "reason": {"type": "string", "maxLength": opinput.REASON_MAX, "description": "Why (recorded)."},
 }
 UUID = {"type": "string", "format": "uuid"}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Scoped to the endpoint (a batch's item i is keyed apart from any single send). The same"
+    " key with the same body (key order and whitespace aside) replays the answer; another body is a 422.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+BATCH_ACCEPTED = {
+    "type": "object",
+    "properties": {"messages": {"type": "array", "items": {"$ref": "#/components/schemas/Accepted"}}},
+}
 
 
 def _action(summary: str, description: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -75,7 +90,13 @@ def _held(verb: str, what: str) -> dict[str, Any]:
         "channel": {"type": "string", "description": "Only held fallbacks of this channel."},
         "hold_reason": {
             "type": "string",
-            "description": "Only this hold reason (e.g. feed_silent, interrupted).",
+            "description": "Only this hold reason (feed_down, sms_unknown, sms_retries_exhausted).",
+        },
+        "force": {
+            "type": "boolean",
+            "default": False,
+            "description": "Release also fallbacks held as sms_unknown (their SMS may have gone out: "
+            "releasing sends another). Without it they are listed under needs_force.",
         },
         "ids": {"type": "array", "items": UUID, "maxItems": opinput.HELD_LIMIT_MAX},
         "all": {
@@ -211,7 +232,14 @@ def _schemas() -> dict[str, Any]:
         },
         "Accepted": {
             "type": "object",
-            "properties": {"id": UUID, "state": {"const": "accepted"}, "created": {"type": "boolean"}},
+            "description": "A new message (`state: accepted`, 202), or on a replayed Idempotency-Key the one"
+            " it named, as it is now (200).",
+            "properties": {
+                "id": UUID,
+                "state": {"type": "string", "enum": sorted(s.value for s in model.ChatState)},
+                "fallback_state": {"type": "string", "enum": sorted(s.value for s in model.FallbackState)},
+                "created": {"type": "boolean"},
+            },
         },
         "Ack": {"type": "object", "properties": {"code": {"const": 0}, "msg": {"const": "success"}}},
     }
@@ -265,19 +293,12 @@ def document() -> dict[str, Any]:
             "/v1/messages": {
                 "post": {
                     "summary": "Send a message (SendChatappMessage-shaped body)",
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "maxLength": 255},
-                        }
-                    ],
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("SendRequest")}}},
                     "responses": {
                         "202": _json(_ref("Accepted"), "stored"),
-                        "200": _json(_ref("Accepted"), "idempotent repeat"),
-                        **_errors(400, 401, 413, 503),
+                        "200": _json(_ref("Accepted"), "idempotent repeat: the message as it is now"),
+                        **_errors(400, 401, 408, 413, 415, 422, 503),
                     },
                 },
                 "get": {
@@ -289,6 +310,7 @@ def document() -> dict[str, Any]:
             "/v1/messages/batch": {
                 "post": {
                     "summary": "Send many messages",
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -309,7 +331,11 @@ def document() -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {"202": _json({"type": "object"}, "stored"), **_errors(400, 401, 413, 503)},
+                    "responses": {
+                        "202": _json(BATCH_ACCEPTED, "stored"),
+                        "200": _json(BATCH_ACCEPTED, "idempotent repeat: the messages as they are now"),
+                        **_errors(400, 401, 408, 413, 415, 422, 503),
+                    },
                 }
             },
             "/v1/messages/{id}": {
@@ -325,7 +351,15 @@ def document() -> dict[str, Any]:
             "/v1/messages/{id}/fire": {
                 "post": _action(
                     "Fire the fallback now",
-                    "Armed or held → due now; the timer loop sends the SMS (OperatorFire).",
+                    "Armed or held → due now; the timer loop sends the SMS (OperatorFire). A fallback held "
+                    "as sms_unknown (its SMS may have gone out) is refused (409) unless force=true.",
+                    {
+                        "force": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "Fire even a fallback whose SMS may have gone out (a second SMS).",
+                        }
+                    },
                 )
             },
             "/v1/messages/{id}/redrive": {

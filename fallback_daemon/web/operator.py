@@ -18,7 +18,7 @@ from fallback_daemon.web import api, keys, openapi
 DEAD_LETTER_PARAMS = ("pending", "limit", "cursor")
 STATS_PARAMS = ("window",)
 ACTION_FIELDS = ("actor", "reason")
-HELD_FIELDS = (*ACTION_FIELDS, "channel", "hold_reason", "ids", "all", "limit")
+HELD_FIELDS = (*ACTION_FIELDS, "channel", "hold_reason", "ids", "all", "limit", "force")
 
 
 def setup(app: web.Application) -> None:
@@ -58,6 +58,7 @@ async def body(request: web.Request, accepted: Collection[str]) -> dict[str, Any
     value = validation.loads("body", raw)
     if not isinstance(value, dict):
         raise errors.ValidationError("body", "must be a JSON object")
+    validation.check_tree("body", value)  # NUL / lone surrogates: Postgres cannot store them (400, not 503)
     for name in value:
         if name not in accepted:
             raise errors.ValidationError(str(name), f"unknown field (accepted: {', '.join(accepted)})")
@@ -126,8 +127,12 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def fire(request: web.Request) -> web.Response:
-    """Fire a pending (armed or held) fallback now."""
-    return await _single(request, "fire")
+    """Fire a pending (armed or held) fallback now; a held `sms_unknown` one needs force=true."""
+    api.check_bearer(request)
+    mid = message_id(request)
+    b = await body(request, (*ACTION_FIELDS, "force"))
+    force = flag("force", b.pop("force", False))
+    return web.json_response(await ops(request).act(mid, "fire", opinput.parse_action(b), force=force))
 
 
 async def redrive(request: web.Request) -> web.Response:
@@ -143,6 +148,7 @@ async def _held(request: web.Request, verb: Literal["release", "drop"]) -> web.R
     b = await body(request, HELD_FIELDS)
     channel, hold_reason, raw_ids = b.pop("channel", None), b.pop("hold_reason", None), b.pop("ids", None)
     everything = flag("all", b.pop("all", False))
+    force = flag("force", b.pop("force", False))
     limit = b.pop("limit", opinput.HELD_LIMIT_DEFAULT)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= opinput.HELD_LIMIT_MAX:
         raise errors.ValidationError("limit", f"must be an integer from 1 to {opinput.HELD_LIMIT_MAX}")
@@ -163,7 +169,13 @@ async def _held(request: web.Request, verb: Literal["release", "drop"]) -> web.R
             "all", "give channel, hold_reason or ids, or all=true to act on every one"
         )
     result = await ops(request).held(
-        verb, opinput.parse_action(b), channel=channel, hold_reason=hold_reason, ids=ids, limit=limit
+        verb,
+        opinput.parse_action(b),
+        channel=channel,
+        hold_reason=hold_reason,
+        ids=ids,
+        limit=limit,
+        force=force,
     )
     return web.json_response(result)
 

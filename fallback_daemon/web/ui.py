@@ -2,8 +2,10 @@
 
 The token is given once (the /ui/login form, or `/ui?token=…`, which redirects at once so the token
 leaves the address bar) and turned into an HttpOnly, SameSite=Strict cookie holding a value derived from
-it (`api.ui_session`); the cookie is accepted on GET only, so the page is read-only and cannot be used for
-cross-site actions. The token is never logged (the daemon has no access log; nothing here logs it).
+it (`api.ui_session`); the cookie is accepted on GET only, so it cannot be used for cross-site actions. The
+page's actions (cancel, fire, re-drive, held release/drop) ask for the token again and send it as a bearer
+header from memory (never stored). The token is never logged (the daemon has no access log).
+`/` and `/ui/` redirect to `/ui`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ HEADERS = {
 
 
 def setup(app: web.Application) -> None:
+    app.router.add_get("/", to_page)
+    app.router.add_get("/ui/", to_page)
     app.router.add_get("/ui", page)
     app.router.add_get("/ui/login", login_form)
     app.router.add_post("/ui/login", login)
@@ -66,6 +70,11 @@ def _redirect_with_session(request: web.Request, location: str) -> web.Response:
 
 def _file(name: str) -> web.Response:
     return web.Response(body=PAGES[name], content_type="text/html", charset="utf-8", headers=HEADERS)
+
+
+async def to_page(request: web.Request) -> web.Response:
+    """`/` and `/ui/` lead to the page (no query carried over: a `?token=` belongs on /ui itself)."""
+    return _see_other("/ui")
 
 
 async def page(request: web.Request) -> web.Response:

@@ -35,7 +35,8 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 async def process(
     name: str, args: list[str], env: Mapping[str, str]
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run `python -m fallback_daemon <args>`; its output goes to tests/artifacts/<name>.log; SIGTERM on exit."""
+    """Run `python -m fallback_daemon <args>`; its output goes to tests/artifacts/<name>.log; SIGTERM on
+    exit."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = (ARTIFACTS / f"{name}.log").open("wb")
     proc = await asyncio.create_subprocess_exec(

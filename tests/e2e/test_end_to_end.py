@@ -89,7 +89,8 @@ async def eventually(check: Any, what: str, attempts: int = 1200) -> None:
 
 
 async def test_end_to_end_mixed_outcomes(db_dsn: str) -> None:
-    """Exactly the right messages fall back, each exactly once; late and duplicate receipts follow the rules."""
+    """Exactly the right messages fall back, each exactly once; late and duplicate receipts follow the
+    rules."""
     sb_port, d_port = procs.free_port(), procs.free_port()
     sb_url, d_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{d_port}"
     receipts = f"{d_url}/receipts/{RECEIPT_TOKEN}"
@@ -188,7 +189,9 @@ async def run_phases(
     assert await conn.fetchval("SELECT count(*) FROM messages WHERE fallback_state='firing'") == 0
     # Phase 2: drive time through the database: every armed timer is now due.
     await conn.execute(
-        "UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL"
+        "WITH l AS (SELECT id FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL "
+        "ORDER BY id FOR UPDATE) "
+        "UPDATE messages m SET due_at = now() FROM l WHERE m.id = l.id"
     )
 
     async def timers_done() -> bool:

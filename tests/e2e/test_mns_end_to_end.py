@@ -172,7 +172,9 @@ async def settle_and_fire(conn: asyncpg.Connection, ids: dict[str, int]) -> None
 
     await eventually(settled, "sends and receipts to settle", attempts=450)
     await conn.execute(
-        "UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL"
+        "WITH l AS (SELECT id FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL "
+        "ORDER BY id FOR UPDATE) "
+        "UPDATE messages m SET due_at = now() FROM l WHERE m.id = l.id"
     )
 
     async def timers_done() -> bool:

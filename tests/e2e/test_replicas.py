@@ -119,7 +119,9 @@ async def settle(
     except AssertionError:
         raise AssertionError(f"not settled: {behind.most_common(8)}") from None
     await conn.execute(
-        "UPDATE messages SET due_at = now() WHERE fallback_state = 'armed' AND due_at IS NOT NULL"
+        "WITH l AS (SELECT id FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL "
+        "ORDER BY id FOR UPDATE) "
+        "UPDATE messages m SET due_at = now() FROM l WHERE m.id = l.id"
     )
 
     async def timers_done() -> bool:

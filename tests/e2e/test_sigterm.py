@@ -132,8 +132,12 @@ async def frozen(d_url: str) -> str:
 
 
 MAKE_TIMEOUTS_DUE = """
-UPDATE messages SET due_at = now()
-WHERE fallback_state = 'armed' AND due_at IS NOT NULL AND chat_state = 'sent' AND id = ANY($1::uuid[])
+WITH l AS (
+    SELECT id FROM messages
+    WHERE fallback_state = 'armed' AND due_at IS NOT NULL AND chat_state = 'sent' AND id = ANY($1::uuid[])
+    ORDER BY id FOR UPDATE
+)
+UPDATE messages m SET due_at = now() FROM l WHERE m.id = l.id
 """
 
 
@@ -188,7 +192,8 @@ def daemon_env(db_dsn: str, d_port: int, sb_url: str) -> Mapping[str, str]:
             "FALLBACK_LOG_FORMAT": "json",
             "FALLBACK_SHUTDOWN_GRACE_S": str(GRACE_S),
             # Slow enough to be in flight, fast enough that no call times out; short leases, so anything the
-            # first daemon left in `sending` or `firing` would be swept (and show up as wrong) after the restart.
+            # first daemon left in `sending` or `firing` would be swept (and show up as wrong) after the
+            # restart.
             "FALLBACK_SEND_RATE": "100",
             "FALLBACK_SEND_TIMEOUT_S": "3",
             "FALLBACK_FIRING_LEASE_S": "5",

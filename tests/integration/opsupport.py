@@ -11,7 +11,7 @@ import aiohttp
 
 from fallback_daemon import app, config
 
-TOKEN = "ops-api-token-0123456789"  # noqa: S105 - a test token
+TOKEN = "ops-api-token-0123456789"
 BODY: dict[str, Any] = {
     "ChannelType": "whatsapp",
     "Type": "message",

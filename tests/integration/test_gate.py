@@ -22,7 +22,7 @@ async def test_gate_holds_timer_fallbacks_when_feed_is_silent(svc: service.Servi
     assert metrics.feed_gate.labels("whatsapp")._value.get() == 1
     await make_due(db, mid)
     [row] = await svc.claim_due(10, 60)
-    assert (row["fallback_state"], row["hold_reason"]) == ("held", "feed_down")
+    assert (row.held, row.hold_reason) == (True, "feed_down")
     view = await svc.get_message(mid)
     assert (view["fallback_state"], view["events"][-1]["kind"]) == ("held", "fallback_held")
 
@@ -38,7 +38,7 @@ async def test_failure_triggered_fallbacks_still_fire_through_a_closed_gate(
     await db.execute("UPDATE feed_health SET gate_closed = true")
     await svc.ingest_chat([chat_receipt("G2", "Failed", str(mid))], "http")
     [row] = await svc.claim_due(10, 60)
-    assert (row["fallback_state"], row["fire_reason"]) == ("firing", "failed_receipt")
+    assert (row.held, row.fire_reason) == (False, "failed_receipt")
 
 
 async def test_gate_reopens_when_receipts_return_and_held_can_be_released(
@@ -60,7 +60,7 @@ async def test_gate_reopens_when_receipts_return_and_held_can_be_released(
         [service.Outcome(message_id=held_id, event=policy.OperatorFire(), detail={"actor": "ops"})]
     )
     [row] = await svc.claim_due(10, 60)
-    assert (row["id"], row["fallback_state"], row["fire_reason"]) == (held_id, "firing", "operator")
+    assert (row.id, row.held, row.fire_reason) == (held_id, False, "operator")
 
 
 async def test_success_still_cancels_a_held_fallback(svc: service.Service, db: store.Store) -> None:

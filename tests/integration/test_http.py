@@ -83,7 +83,8 @@ async def wait_for(
 
 
 async def test_send_receipts_and_timeline(daemon: app.Running, http: aiohttp.ClientSession) -> None:
-    """POST /v1/messages answers 202 after commit; the sandbox's Sent/Delivered/Read arrive and cancel the fallback."""
+    """POST /v1/messages answers 202 after commit; the sandbox's Sent/Delivered/Read arrive and cancel the
+    fallback."""
     async with http.post(f"{daemon.url}/v1/messages", json=BODY) as resp:
         assert resp.status == 202
         created = await resp.json()
@@ -111,14 +112,18 @@ async def test_rejected_send_fires_sms(daemon: app.Running, http: aiohttp.Client
 
 
 async def test_idempotency_key_over_http(daemon: app.Running, http: aiohttp.ClientSession) -> None:
-    """The same Idempotency-Key returns the original message id with 200, not a second message."""
+    """The same Idempotency-Key and body returns the original message id with 200, not a second message; the
+    key with another body is a 422 (tests/integration/test_hostile_input.py covers the rest)."""
     h = {"Idempotency-Key": "order-42"}
     async with http.post(f"{daemon.url}/v1/messages", json=BODY, headers=h) as r1:
         first = await r1.json()
-    async with http.post(f"{daemon.url}/v1/messages", json={**BODY, "To": "6599999999"}, headers=h) as r2:
+    async with http.post(f"{daemon.url}/v1/messages", json=BODY, headers=h) as r2:
         second = await r2.json()
         assert r2.status == 200
     assert second["id"] == first["id"]
+    async with http.post(f"{daemon.url}/v1/messages", json={**BODY, "To": "6599999999"}, headers=h) as r3:
+        assert r3.status == 422
+        assert (await r3.json())["error"]["field"] == "Idempotency-Key"
     assert await daemon.svc.db.fetchval("SELECT count(*) FROM messages") == 1
 
 
@@ -211,7 +216,8 @@ async def test_metrics_endpoint(daemon: app.Running, http: aiohttp.ClientSession
 
 
 async def test_throttled_sends_are_retried_until_sent(db_dsn: str, http: aiohttp.ClientSession) -> None:
-    """Against a sandbox capped at 5 calls/s and a daemon allowed 50/s, throttled sends back off and all go out."""
+    """Against a sandbox capped at 5 calls/s and a daemon allowed 50/s, throttled sends back off and all go
+    out."""
     from fallback_daemon import metrics, sandbox
 
     before = metrics.throttled.labels("cams")._value.get()

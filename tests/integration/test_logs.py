@@ -20,10 +20,10 @@ import structlog
 from fallback_daemon import app, config, logs, sandbox
 
 # Test-only values, chosen to be recognisable if they ever leak into a line.
-API_TOKEN = "logs-api-token-0123456789"  # noqa: S105
-RECEIPT_TOKEN = "logs-receipt-token-0123456789"  # noqa: S105
-AK_SECRET = "logs-access-key-secret-0123456789"  # noqa: S105
-DB_PASSWORD = "logs-db-password-0123456789"  # noqa: S105
+API_TOKEN = "logs-api-token-0123456789"
+RECEIPT_TOKEN = "logs-receipt-token-0123456789"
+AK_SECRET = "logs-access-key-secret-0123456789"
+DB_PASSWORD = "logs-db-password-0123456789"
 # To -> what the sandbox does (suffix table): each ends in a fallback except the read one.
 NUMBERS = {
     "6591234568": "sms_delivered",  # send rejected -> fallback

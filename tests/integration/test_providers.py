@@ -103,7 +103,8 @@ async def test_closed_port_is_transient(session: aiohttp.ClientSession) -> None:
 
 
 async def test_no_answer_after_sending_is_ambiguous(session: aiohttp.ClientSession) -> None:
-    """A server that reads the request and never answers yields AmbiguousError (outcome unknown, not resent)."""
+    """A server that reads the request and never answers yields AmbiguousError (outcome unknown, not
+    resent)."""
     arrived = asyncio.Event()
     release = asyncio.Event()
 

@@ -106,10 +106,46 @@ async def test_a_locked_row_is_skipped_not_waited_for(db_dsn: str, db: store.Sto
         await conn.close()
 
 
-async def test_the_loop_stops_when_asked(db: store.Store) -> None:
-    """run() returns promptly once `stop` is set, even between sweeps."""
+async def gone(conn: asyncpg.Connection, mid: uuid.UUID, task: asyncio.Task[None]) -> None:
+    """Wait until the running loop has purged `mid` (polling the table); fails if the loop task ended."""
+    while await conn.fetchval("SELECT count(*) FROM messages WHERE id = $1", mid):
+        assert not task.done(), f"the loop ended early: {task}"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_running_loop_sweeps_and_sweeps_again(db_dsn: str, db: store.Store) -> None:
+    """run() itself purges (no direct sweep() call): a first sweep at start, another after each interval."""
+    conn = await asyncpg.connect(db_dsn)
     stop = asyncio.Event()
-    loop = retention.RetentionLoop(db, days=30, batch=10, interval_s=3600)
-    task = asyncio.create_task(loop.run(stop))
-    stop.set()
-    await asyncio.wait_for(task, 5)
+    loop = retention.RetentionLoop(db, days=30, batch=10, pause_s=0, interval_s=0.01)
+    try:
+        first = await message(conn, "read", "cancelled")
+        recent = await message(conn, "read", "cancelled", old=False)
+        task = asyncio.create_task(loop.run(stop))
+        await asyncio.wait_for(gone(conn, first, task), 30)
+        async with conn.transaction():  # the running loop must not see the message before its event
+            second = await message(conn, "failed", "sms_delivered")  # only a later sweep can see this one
+        await asyncio.wait_for(gone(conn, second, task), 30)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        assert {r["id"] for r in await conn.fetch("SELECT id FROM messages")} == {recent}
+    finally:
+        stop.set()
+        await conn.close()
+
+
+async def test_the_loop_stops_when_asked_between_sweeps(db_dsn: str, db: store.Store) -> None:
+    """Once a sweep has run, setting `stop` ends run() during its hour-long pause instead of after it."""
+    conn = await asyncpg.connect(db_dsn)
+    stop = asyncio.Event()
+    loop = retention.RetentionLoop(db, days=30, batch=10, pause_s=0, interval_s=3600)
+    try:
+        old = await message(conn, "read", "cancelled")
+        task = asyncio.create_task(loop.run(stop))
+        await asyncio.wait_for(gone(conn, old, task), 30)  # the first sweep ran; the pause follows it
+        stop.set()
+        await asyncio.wait_for(task, 30)  # a bound only against hanging: the pause is 3600 s
+        assert task.exception() is None
+    finally:
+        stop.set()
+        await conn.close()

@@ -232,7 +232,7 @@ async def test_bad_signature_is_refused_with_the_servers_string_to_sign(
 ) -> None:
     """A request signed with the wrong secret gets 400 SignatureDoesNotMatch in the POP envelope."""
     sandbox = await make_sandbox()
-    answer = await call(session, sandbox.url, "SendChatappMessage", template("8613900000000"), secret="wrong")  # noqa: S106 - a deliberately wrong test secret
+    answer = await call(session, sandbox.url, "SendChatappMessage", template("8613900000000"), secret="wrong")
     assert answer.status == 400
     assert answer.body.keys() == {"RequestId", "HostId", "Code", "Message", "Recommend"}
     assert answer.body["Code"] == "SignatureDoesNotMatch"

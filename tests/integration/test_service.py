@@ -40,7 +40,7 @@ def chat_receipt(message_id: str, status: str, task_id: str | None) -> model.Cha
 async def accept_and_send(svc: service.Service, pid: str, **extra: object) -> uuid.UUID:
     [a] = await svc.accept([req(**extra)], [None])
     rows = await svc.claim_sends(10, 60)
-    assert [r["id"] for r in rows] == [a.id]
+    assert [r.id for r in rows] == [a.id]
     await svc.apply([service.Outcome(message_id=a.id, event=policy.SendOk(), provider_message_id=pid)])
     return a.id
 
@@ -119,7 +119,8 @@ class TestReceipts:
     async def test_parked_receipt_applied_when_a_taskid_receipt_reveals_the_id(
         self, svc: service.Service, db: store.Store
     ) -> None:
-        """A parked receipt (no TaskId) is applied by the transaction in which a TaskId receipt records its MessageId."""
+        """A parked receipt (no TaskId) is applied by the transaction in which a TaskId receipt records its
+        MessageId."""
         [a] = await svc.accept([req()], [None])
         await svc.claim_sends(10, 60)
         assert (await svc.ingest_chat([chat_receipt("P7", "Read", None)], "http")).parked == 1
@@ -136,7 +137,7 @@ class TestReceipts:
         res = await svc.ingest_chat([chat_receipt("P4", "Failed", str(mid))], "http")
         assert res.fired == 1
         fired = await svc.claim_due(100, 60)
-        assert [(r["id"], r["fire_reason"]) for r in fired] == [(mid, "failed_receipt")]
+        assert [(r.id, r.fire_reason) for r in fired] == [(mid, "failed_receipt")]
         assert await svc.claim_due(100, 60) == []
         assert await state(svc, mid) == ("failed", "firing")
 
@@ -180,13 +181,14 @@ class TestReceipts:
 
 class TestTimers:
     async def test_timer_fires_only_when_due(self, svc: service.Service) -> None:
-        """Nothing fires before due_at; after the due time moves into the past it fires with reason timeout."""
+        """Nothing fires before due_at; after the due time moves into the past it fires with reason
+        timeout."""
         mid = await accept_and_send(svc, "T1")
         assert await svc.claim_due(10, 60) == []
         assert 100 < await svc.next_due_in() <= 120
         await make_due(svc.db, mid)
         [row] = await svc.claim_due(10, 60)
-        assert (row["id"], row["fire_reason"], row["sms_text"]) == (mid, "timeout", "hello by sms")
+        assert (row.id, row.fire_reason, row.text) == (mid, "timeout", "hello by sms")
 
     async def test_success_committed_before_fire_wins(self, svc: service.Service) -> None:
         """A Delivered receipt committed after the due time but before the claim cancels the fallback."""
@@ -213,7 +215,7 @@ class TestTimers:
 
         async def claimer() -> None:
             while rows := await svc.claim_due(37, 60):
-                fired.extend(r["id"] for r in rows)
+                fired.extend(r.id for r in rows)
 
         await asyncio.gather(*(claimer() for _ in range(4)))
         assert sorted(fired) == sorted(a.id for a in accepted)
@@ -242,7 +244,7 @@ class TestSendResults:
             [service.Outcome(message_id=a.id, event=policy.SendFailed(), error="InvalidParameter.X")]
         )
         [row] = await svc.claim_due(10, 60)
-        assert row["fire_reason"] == "send_failed"
+        assert row.fire_reason == "send_failed"
 
     async def test_ambiguous_send_is_recorded_not_resent(self, svc: service.Service) -> None:
         """A send whose outcome is unknown is recorded as `unknown` and is not claimed for sending again."""
@@ -260,34 +262,92 @@ class TestSendResults:
         assert await svc.claim_sends(10, 60) == []
         await db.execute("UPDATE messages SET next_attempt_at = now()")
         [row] = await svc.claim_sends(10, 60)
-        assert row["send_attempts"] == 2
+        assert row.attempt == 2
 
 
 class TestRecovery:
-    async def test_interrupted_firing_is_parked(self, svc: service.Service, db: store.Store) -> None:
-        """With recovery mode park, a firing whose lease expired becomes held (at-most-once)."""
+    """Claimed is not in flight: only an attempt marked in flight (own commit) can have reached a provider."""
+
+    async def test_firing_claimed_but_never_started_is_simply_retried(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """A crash between the firing claim and the SMS request leaves no mark: the SMS is claimed again."""
         mid = await accept_and_send(svc, "R1")
         await make_due(db, mid)
         await svc.claim_due(10, 60)
         await db.execute("UPDATE messages SET fire_lease_until = now() - interval '1 second'")
-        assert await svc.recover(limit=10, resend=False, lease_s=60) == []
-        view = await svc.get_message(mid)
-        assert (view["fallback_state"], view["hold_reason"]) == ("held", "interrupted")
+        assert await svc.claim_stale_firings(10, 60) == []  # nothing to reconcile: nothing can have gone out
+        [row] = await svc.claim_sms_retries(10, 60)
+        assert (row.id, row.attempt) == (mid, 2)
+        assert await svc.mark_sms_started(mid, 2)
+        assert not await svc.mark_sms_started(mid, 1), "a stale attempt must not mark the new one in flight"
 
-    async def test_interrupted_firing_is_resent(self, svc: service.Service, db: store.Store) -> None:
+    async def test_in_flight_firing_undecided_is_parked(self, svc: service.Service, db: store.Store) -> None:
+        """With recovery mode park, an in-flight SMS nobody can decide becomes held as sms_unknown."""
+        mid = await accept_and_send(svc, "R1")
+        await make_due(db, mid)
+        [row] = await svc.claim_due(10, 60)
+        assert await svc.mark_sms_started(mid, row.attempt)
+        await db.execute("UPDATE messages SET fire_lease_until = now() - interval '1 second'")
+        assert await svc.claim_sms_retries(10, 60) == []  # in flight: never silently resent
+        [stale] = await svc.claim_stale_firings(10, 60)
+        assert stale.id == mid
+        assert await svc.claim_stale_firings(10, 60) == [], "re-leased: one reconciler at a time"
+        assert await svc.interrupt_firing(mid, resend=False, lease_s=60, detail="no query API") is None
+        view = await svc.get_message(mid)
+        assert (view["fallback_state"], view["hold_reason"]) == ("held", "sms_unknown")
+
+    async def test_in_flight_firing_undecided_is_resent_in_resend_mode(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
         """With recovery mode resend, the same fallback is re-claimed for one more SMS (at-least-once)."""
         mid = await accept_and_send(svc, "R2")
         await make_due(db, mid)
-        await svc.claim_due(10, 60)
-        await db.execute("UPDATE messages SET fire_lease_until = now() - interval '1 second'")
-        [row] = await svc.recover(limit=10, resend=True, lease_s=60)
-        assert row["id"] == mid
-        assert await db.fetchval("SELECT sms_attempts FROM messages WHERE id=$1", mid) == 2
+        [row] = await svc.claim_due(10, 60)
+        assert await svc.mark_sms_started(mid, row.attempt)
+        row = await svc.interrupt_firing(mid, resend=True, lease_s=60, detail="no query API")
+        assert row is not None
+        assert (row.id, row.attempt) == (mid, 2)
+        assert await db.fetchval("SELECT sms_started_at FROM messages WHERE id=$1", mid) is None
 
-    async def test_stale_send_becomes_unknown(self, svc: service.Service, db: store.Store) -> None:
-        """A message stuck in sending past its lease is recorded as unknown, not resent."""
+    async def test_sms_absent_makes_the_retry_due(self, svc: service.Service, db: store.Store) -> None:
+        """The provider proves the in-flight SMS never arrived: the mark is cleared, the retry due now."""
+        mid = await accept_and_send(svc, "R3")
+        await make_due(db, mid)
+        [row] = await svc.claim_due(10, 60)
+        assert await svc.mark_sms_started(mid, row.attempt)
+        await svc.sms_absent(mid, row.attempt, "QuerySendDetails: no row with OutId")
+        [again] = await svc.claim_sms_retries(10, 60)
+        assert again.id == mid
+        kinds = [e["kind"] for e in (await svc.get_message(mid))["events"]]
+        assert "sms_reconciled_absent" in kinds
+
+    async def test_stale_send_never_written_is_sent_again(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """A message claimed but never marked in flight goes back to accepted, not to unknown."""
         [a] = await svc.accept([req()], [None])
         await svc.claim_sends(10, 60)
         await db.execute("UPDATE messages SET send_lease_until = now() - interval '1 second'")
-        await svc.recover(limit=10, resend=False, lease_s=60)
+        assert await svc.recover_sends(10) == (1, 0)
+        assert await state(svc, a.id) == ("accepted", "armed")
+        [row] = await svc.claim_sends(10, 60)
+        assert row.attempt == 2
+        assert not await svc.mark_send_started(a.id, 1), "the first claim lost its fencing token"
+        assert await svc.mark_send_started(a.id, 2)
+
+    async def test_stale_send_in_flight_becomes_unknown_with_a_lookup_scheduled(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """A message marked in flight past its lease is unknown (never resent blindly), due for a lookup."""
+        svc.reconcile_delay_s = 0.0
+        [a] = await svc.accept([req()], [None])
+        [row] = await svc.claim_sends(10, 60)
+        assert await svc.mark_send_started(a.id, row.attempt)
+        await db.execute("UPDATE messages SET send_lease_until = now() - interval '1 second'")
+        assert await svc.recover_sends(10) == (0, 1)
         assert await state(svc, a.id) == ("unknown", "armed")
+        [due] = await svc.claim_reconcile(10, 60)
+        assert (due.id, due.lookups) == (a.id, 1)
+        assert due.started_at is not None
+        assert await svc.claim_reconcile(10, 60) == [], "leased to one reconciler"

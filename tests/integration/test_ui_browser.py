@@ -2,7 +2,9 @@
 
 Against a daemon with real traffic in it (the sandbox as Alibaba: To …0 read, …5 failed → SMS, …8 rejected →
 SMS, …6 silent), the test signs in through the login form, checks the live counts, the timer histogram and
-the receipt feeds, searches a phone number and reads its timeline, and saves tests/artifacts/ui.png.
+the receipt feeds, searches a phone number and reads its timeline, and saves tests/artifacts/ui.png; a second
+test drives the page's actions (fire one fallback, drop a held group after a preview) with the operator token
+and saves tests/artifacts/ui-action.png.
 Chromium is Debian's `chromium` (`make test` installs it when missing).
 """
 
@@ -14,8 +16,10 @@ import contextlib
 import itertools
 import json
 import pathlib
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -230,3 +234,100 @@ async def test_ui_shows_counts_feeds_and_a_searched_timeline(daemon: app.Running
         SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
         assert page.errors == [], page.errors
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+ACTION_SCREENSHOT = procs.ARTIFACTS / "ui-action.png"
+
+
+async def click(page: Page, selector: str, text: str) -> None:
+    """Click the button under `selector` whose label starts with `text`."""
+    found = await page.js(
+        f"(() => {{ const b = [...document.querySelectorAll({json.dumps(selector)})]"
+        f".find(b => b.textContent.startsWith({json.dumps(text)})); if (b) b.click(); return !!b; }})()"
+    )
+    assert found, f"no {text!r} button under {selector}"
+
+
+async def confirm(page: Page, reason: str, *, token: str | None) -> None:
+    """Fill the open action dialog (the token only when it asks for one) and confirm it."""
+    await page.until("document.getElementById('action-dialog').open")
+    await page.js(
+        f"document.getElementById('action-reason').value = {json.dumps(reason)};"
+        "document.getElementById('action-actor').value = 'alice@ui';"
+        + (f"document.getElementById('action-token').value = {json.dumps(token)};" if token else "")
+        + "document.getElementById('action-confirm').click(); true"
+    )
+
+
+async def test_ui_actions_fire_and_drop_with_preview(daemon: app.Running) -> None:
+    """From the page: fire one fallback (the timeline then shows the operator's fire and the SMS), and drop a
+    group of held fallbacks after a confirmation that previews their count; `/` and `/ui/` lead to /ui, the
+    feed-down alarm sits above the cards, the receipt-feeds card does not overflow, times say UTC."""
+    async with opsupport.client() as http:
+        for path in ("/", "/ui/"):
+            async with http.get(f"{daemon.url}{path}", allow_redirects=False) as resp:
+                assert (resp.status, resp.headers["Location"]) == (303, "/ui")
+        await opsupport.seed_mixed(http, daemon.url)
+        armed = await opsupport.send(http, daemon.url, "6591234566")
+        held = [await opsupport.send(http, daemon.url, f"65912345{i}6") for i in (7, 8)]
+        for mid in (armed, *held):
+            await opsupport.wait_for(
+                http, daemon.url, mid, lambda v: any(e["kind"] == "chat_receipt" for e in v["events"])
+            )
+        await daemon.svc.db.execute(
+            "UPDATE messages SET fallback_state = 'held', hold_reason = 'feed_down', due_at = NULL"
+            " WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(m) for m in held],
+        )
+
+        async with chromium() as page:
+            await page.send("Page.navigate", url=f"{daemon.url}/ui?token={opsupport.TOKEN}")
+            await page.until("location.pathname === '/ui' && document.body.dataset.statsLoaded === '1'")
+            assert re.fullmatch(r"updated \d\d:\d\d:\d\d UTC", await page.js("$('updated').textContent"))
+            feeds_fit = "(() => { const s = $('feeds'); return s.scrollWidth <= s.clientWidth; })()"
+            assert await page.js(feeds_fit)
+
+            # One action on one message: fire its fallback now.
+            await page.js(f"location.hash = 'm={armed}'; true")
+            await page.until(f"document.body.dataset.timeline === {json.dumps(armed)}")
+            await click(page, "#message-actions button", "Fire now")
+            await confirm(page, "VIP: do not wait", token=opsupport.TOKEN)
+            await page.until("document.body.dataset.lastAction === 'operator_fire'")
+            await opsupport.wait_for(
+                http, daemon.url, armed, lambda v: v["fallback_state"] == "sms_delivered"
+            )
+            await page.js(f"showTimeline({json.dumps(armed)}).then(() => true)")
+            events = await page.table("#events")
+            assert ["operator_fire", "alice@ui: VIP: do not wait"] in [[e[1], e[4]] for e in events]
+            assert {"fallback_fired", "sms_sent", "sms_receipt"} <= {e[1] for e in events}
+
+            # A bulk action: drop the held group, after a preview of its count (the token is remembered).
+            await page.until("[...document.querySelectorAll('#held tbody tr')].some(r => r.cells.length > 2)")
+            rows = await page.table("#held")
+            assert [r[:3] for r in rows] == [["feed_down", "whatsapp", "2"]]
+            await click(page, "#held .actions button", "Drop")
+            await page.until("document.getElementById('action-dialog').open")
+            assert await page.js("$('action-preview').dataset.count") == "2"
+            assert "2 held fallback(s) will never fire" in await page.js("$('action-preview').textContent")
+            assert await page.js("$('action-token-label').hidden") is True
+            await confirm(page, "feed back; delivered meanwhile", token=None)
+            await page.until("document.body.dataset.lastAction === 'held'")
+            assert "2 of 2 done" in await page.js("$('action-result').textContent")
+            count = "SELECT count(*) FROM messages WHERE fallback_state = 'held'"
+            assert await daemon.svc.db.fetchval(count) == 0
+
+            # The feed-down alarm is the first thing on the page.
+            await page.js(
+                "renderGateAlarm([{channel: 'viber', gate_closed: true, since_last_s: 700}],"
+                " {by_reason_channel: [{reason: 'feed_down', channel: 'viber', count: 3}]}); true"
+            )
+            alarm = await page.js("$('gate-alarm').hidden ? '' : $('gate-alarm').textContent")
+            assert "Receipt feed down: viber" in alarm
+            assert "3 held so far" in alarm
+            above = "$('gate-alarm').getBoundingClientRect().bottom <= document.querySelector('main')"
+            assert await page.js(above + ".getBoundingClientRect().top")
+
+            shot = await page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+            ACTION_SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+            assert page.errors == [], page.errors
+    assert ACTION_SCREENSHOT.stat().st_size > 10_000

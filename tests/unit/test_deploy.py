@@ -10,6 +10,7 @@ import json
 import pathlib
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -433,9 +434,10 @@ def test_dockerfile_runtime_stage() -> None:
     assert any(s.name and f"--from={s.name}" in c for s in stages[:-1] for c in runtime.all("COPY"))
 
 
-def test_dockerfile_layout_keeps_sql_beside_the_package() -> None:
-    """The image keeps sql/ next to fallback_daemon/, where sql.py looks (Path(__file__).parent.parent)."""
-    assert pathlib.Path(sql.__file__).resolve().parent.parent / "sql" == sql.ROOT
+def test_dockerfile_installs_the_package_like_a_user() -> None:
+    """The image installs a wheel built from fallback_daemon/ (no editable install, no sql/ copied beside it:
+    the SQL is package data) and its runtime stage holds only the virtualenv, not the sources."""
+    assert sql.ROOT.resolve().is_relative_to(pathlib.Path(sql.__file__).resolve().parent)
     builder = next(s for s in dockerfile_stages() if s.name == "builder")
     workdir = pathlib.PurePosixPath(builder.last("WORKDIR"))
     dest = {}
@@ -444,14 +446,32 @@ def test_dockerfile_layout_keeps_sql_beside_the_package() -> None:
         for source in sources:
             dest[source.rstrip("/")] = workdir / target
     assert dest["fallback_daemon"] == workdir / "fallback_daemon"
-    assert dest["sql"] == dest["fallback_daemon"].parent / "sql"
+    assert {"pyproject.toml", "requirements.lock"} <= set(dest)
+    assert not {"sql", "tests"} & set(dest), "the image needs no source tree beside the package"
     install = " ".join(builder.all("RUN"))
-    assert "--editable ." in install, "a regular install would move the package away from sql/"
+    assert "--editable" not in install
+    assert not re.search(r"pip install\b[^&]*\s-e\s", install)
+    assert "pip wheel --no-deps --no-build-isolation" in install
+    assert re.search(r"pip install --no-deps \S*fallback_daemon-\*\.whl", install)
+    # The start-up check runs outside the build folder, so it imports the installed package, not the sources.
+    check = install[install.index("cd /") :]
+    assert "migrate.available()" in check
     runtime_copies = dockerfile_stages()[-1].all("COPY")
-    assert f"--from=builder {workdir} {workdir}" in runtime_copies
-    assert "--from=builder /opt/venv /opt/venv" in runtime_copies
-    ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
-    assert not {"fallback_daemon", "sql", "pyproject.toml", "requirements.lock"} & set(ignored)
+    assert runtime_copies == ["--from=builder /opt/venv /opt/venv"]
+    lines = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    ignored = {line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")}
+    assert not {"fallback_daemon", "pyproject.toml", "requirements.lock", "README.md"} & ignored
+
+
+def test_the_sql_and_the_operator_page_are_package_data() -> None:
+    """pyproject.toml ships every folder the running daemon reads files from (the wheel test builds it)."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        setuptools = tomllib.load(f)["tool"]["setuptools"]
+    data = setuptools["package-data"]
+    assert data["fallback_daemon.sql_files.migrations"] == ["*.sql"]
+    assert data["fallback_daemon.sql_files.queries"] == ["*.sql"]
+    assert data["fallback_daemon.web.static"] == ["*"]
+    assert setuptools["packages"]["find"]["namespaces"] is True  # data folders have no __init__.py
 
 
 # ---- compose -----------------------------------------------------------------------------------------------

@@ -113,6 +113,19 @@ CASES = [
     (st(C.SENT, F.FIRING), policy.FiringInterrupted(resend=False), C.SENT, F.HELD, None, False),
     (st(C.SENT, F.FIRING), policy.FiringInterrupted(resend=True), C.SENT, F.FIRING, None, False),
     (st(C.SENT, F.SMS_SENT), policy.FiringInterrupted(resend=True), C.SENT, F.SMS_SENT, None, False),
+    # --- durable attempts: a claim that never wrote its request goes back; so does a provably absent send
+    (st(C.SENDING, F.ARMED), policy.SendRequeued(), C.ACCEPTED, F.ARMED, None, False),
+    (st(C.SENT, F.ARMED), policy.SendRequeued(), C.SENT, F.ARMED, None, False),
+    (st(C.UNKNOWN, F.ARMED), policy.SendRequeued(), C.UNKNOWN, F.ARMED, None, False),
+    (st(C.UNKNOWN, F.ARMED), policy.SendAbsent(), C.ACCEPTED, F.ARMED, None, False),
+    (st(C.DELIVERED, F.CANCELLED), policy.SendAbsent(), C.DELIVERED, F.CANCELLED, None, False),
+    (st(C.SENDING, F.ARMED), policy.SendAbsent(), C.SENDING, F.ARMED, None, False),
+    # a reconciled-found send climbs unknown -> sent like any SendOk
+    (st(C.UNKNOWN, F.ARMED), policy.SendOk(), C.SENT, F.ARMED, None, False),
+    # the SMS answer was lost: recorded, no state change; an exhausted retry window parks the fallback
+    (st(C.SENT, F.FIRING), policy.SmsUnknown(), C.SENT, F.FIRING, None, False),
+    (st(C.SENT, F.FIRING), policy.SmsRetryExhausted(), C.SENT, F.HELD, None, False),
+    (st(C.SENT, F.SMS_SENT), policy.SmsRetryExhausted(), C.SENT, F.SMS_SENT, None, False),
 ]
 
 

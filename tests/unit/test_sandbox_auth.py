@@ -11,7 +11,7 @@ from fallback_daemon.providers import signing
 from fallback_daemon.sandbox import auth
 
 SDK_AK = "LTAI5tDUMMYDUMMYDUMMY01"
-SDK_SECRET = "DummySecretDummySecretDummy01"  # noqa: S105 - the sample's dummy key
+SDK_SECRET = "DummySecretDummySecretDummy01"
 # The raw query of reference/cams_request_sample.txt as sent by the SDK ('*', ':' and ',' unescaped).
 SDK_RAW_QUERY = (
     "ChannelType=whatsapp&CustSpaceId=cams-8c8*********&FallBackDuration=120&FallBackId=SMS_99****"

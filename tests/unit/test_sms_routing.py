@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
 import pytest
 from botocore import exceptions as boto_errors
 
-from fallback_daemon import config, errors
+from fallback_daemon import config, errors, ports
 from fallback_daemon.providers import aws, sms_routing, sns, sqs
 
 
@@ -15,10 +16,20 @@ class FakeGateway:
     def __init__(self, name: str) -> None:
         self.name = name
         self.sent: list[tuple[str, str]] = []
+        self.looked_up: list[str] = []
+
+    def route(self, *, to: str, channel: str) -> FakeGateway:
+        return self
 
     async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
         self.sent.append((fallback_id, to))
         return f"{self.name}-{fallback_id}"
+
+    async def lookup(
+        self, *, fallback_id: str, to: str, since: dt.datetime, until: dt.datetime
+    ) -> ports.Lookup:
+        self.looked_up.append(fallback_id)
+        return ports.Lookup(result=ports.LookupResult.FOUND, provider_id=f"{self.name}-{fallback_id}")
 
 
 def router(routes: str, default: str = "globe") -> sms_routing.SmsRouter:
@@ -48,6 +59,32 @@ def router(routes: str, default: str = "globe") -> sms_routing.SmsRouter:
 def test_router_picks_the_provider(routes: str, to: str, channel: str, expected: str) -> None:
     """The router's choice follows longest prefix, then channel, then the default."""
     assert router(routes).provider_for(to=to, channel=channel) == expected
+
+
+@pytest.mark.parametrize(
+    ("to", "channel", "expected"),
+    [
+        ("8613900000000", "whatsapp", "gw_domestic"),
+        ("6591234567", "viber", "gw_sns"),
+        ("6591234567", "", "gw_globe"),
+    ],
+)
+def test_route_is_the_gateway_of_the_routed_provider(to: str, channel: str, expected: str) -> None:
+    """route() returns the routed gateway itself (the same as pick, its older name)."""
+    r = router("86=domestic,channel:viber=sns")
+    assert r.route(to=to, channel=channel).name == expected
+    assert r.pick(to=to, channel=channel) is r.route(to=to, channel=channel)
+
+
+async def test_router_lookup_asks_the_gateway_routed_by_to() -> None:
+    """The router's own lookup goes to the gateway its To prefix names, and only to it."""
+    r = router("86=domestic")
+    now = dt.datetime.now(dt.UTC)
+    got = await r.lookup(fallback_id="fb-1", to="8613900000000", since=now, until=now)
+    assert got.provider_id == "gw_domestic-fb-1"
+    globe = r.route(to="6591234567", channel="")
+    assert isinstance(globe, FakeGateway)
+    assert globe.looked_up == []
 
 
 def test_router_name_is_the_single_provider_or_router() -> None:

@@ -4,19 +4,21 @@
 -- name: insert_messages --
 -- $1 idempotency_key text[], $2 channel text[], $3 to text[], $4 from text[], $5 client_task_id text[],
 -- $6 params jsonb[], $7 rule text[], $8 duration_s int[], $9 sms_text text[], $10 fallback_state text[],
--- $11 timer_s float8[] (NULL: no timer), $12 notify channel text (NULL: no NOTIFY; else once, if a row was inserted)
+-- $11 timer_s float8[] (NULL: no timer), $12 request_hash text[] (NULL: no key),
+-- $13 notify channel text (NULL: no NOTIFY; else once, if a row was inserted)
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
-                         $8::int[], $9::text[], $10::text[], $11::float8[])
+                         $8::int[], $9::text[], $10::text[], $11::float8[], $12::text[])
            AS t(idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
-                sms_text, fallback_state, timer_s)
+                sms_text, fallback_state, timer_s, request_hash)
 ), ins AS (
     INSERT INTO messages (idempotency_key, channel, to_number, from_number, client_task_id, params,
-                          fallback_rule, fallback_duration_s, sms_text, fallback_state, due_at)
+                          fallback_rule, fallback_duration_s, sms_text, fallback_state, due_at, request_hash)
     SELECT idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
            sms_text, fallback_state,
            CASE WHEN timer_s IS NULL OR fallback_state <> 'armed' THEN NULL
-                ELSE now() + timer_s * interval '1 second' END
+                ELSE now() + timer_s * interval '1 second' END,
+           request_hash
     FROM input
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, idempotency_key, fallback_state, due_at
@@ -25,11 +27,15 @@ WITH input AS (
     SELECT id, 'accepted', jsonb_build_object('fallback_state', fallback_state, 'due_at', due_at) FROM ins
 )
 -- The uncorrelated sub-select runs once, on the first row: one statement and one round trip per accept.
-SELECT id, idempotency_key, (SELECT pg_notify($12::text, '') WHERE $12::text IS NOT NULL) AS notified FROM ins;
+SELECT id, idempotency_key, fallback_state,
+       (SELECT pg_notify($13::text, '') WHERE $13::text IS NOT NULL) AS notified
+FROM ins;
 
 -- name: messages_by_idempotency_keys --
--- $1 keys text[]
-SELECT id, idempotency_key, chat_state, fallback_state FROM messages WHERE idempotency_key = ANY($1::text[]);
+-- $1 keys text[]. The rows keys already name (a replay answers with the current state), with the digest of
+-- the request each key was first used with.
+SELECT id, idempotency_key, chat_state, fallback_state, request_hash
+FROM messages WHERE idempotency_key = ANY($1::text[]);
 
 -- name: claim_sends --
 -- $1 limit int, $2 lease seconds float8
@@ -41,17 +47,24 @@ WITH c AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE messages m
-SET chat_state = 'sending', send_attempts = m.send_attempts + 1,
+SET chat_state = 'sending', send_attempts = m.send_attempts + 1, send_started_at = NULL,
     send_lease_until = now() + $2 * interval '1 second', updated_at = now()
 FROM c WHERE m.id = c.id AND m.id = ANY(ARRAY(SELECT id FROM c))  -- a primary-key probe, never a table scan
 RETURNING m.id, m.params, m.send_attempts, m.to_number, m.channel;
 
+-- name: mark_send_started --
+-- $1 id uuid, $2 send_attempts int (the claim's fencing token). Committed just before the request is written:
+-- from here on the send may reach CAMS. No row back = the claim was lost (lease swept): do not send.
+UPDATE messages SET send_started_at = now()
+WHERE id = $1 AND chat_state = 'sending' AND send_attempts = $2 AND send_lease_until > now()
+RETURNING id;
+
 -- name: retry_send --
--- $1 id uuid, $2 delay seconds float8, $3 error text
+-- $1 id uuid, $2 delay seconds float8, $3 error text, $4 send_attempts int (fencing token; NULL: any)
 WITH u AS (
     UPDATE messages SET chat_state = 'accepted', next_attempt_at = now() + $2 * interval '1 second',
-                        last_error = $3, send_lease_until = NULL, updated_at = now()
-    WHERE id = $1 AND chat_state = 'sending'
+                        last_error = $3, send_lease_until = NULL, send_started_at = NULL, updated_at = now()
+    WHERE id = $1 AND chat_state = 'sending' AND ($4::int IS NULL OR send_attempts = $4::int)
     RETURNING id, send_attempts, next_attempt_at
 )
 INSERT INTO message_events (message_id, kind, detail)
@@ -59,8 +72,9 @@ SELECT id, 'send_retry', jsonb_build_object('error', $3::text, 'attempt', send_a
 FROM u;
 
 -- name: stale_sends --
--- $1 limit int. Messages whose send lease ran out (a replica died mid-send): their outcome is unknown.
-SELECT id FROM messages
+-- $1 limit int. Messages whose send lease ran out (a replica died or lost the database mid-send). Those never
+-- marked in flight are sent again; only a marked one may have reached CAMS (it goes to `unknown` + reconcile).
+SELECT id, send_started_at IS NOT NULL AS started FROM messages
 WHERE chat_state = 'sending' AND send_lease_until < now()
 ORDER BY send_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
 
@@ -75,7 +89,8 @@ FOR UPDATE;
 -- name: update_messages --
 -- $1 id uuid[], $2 chat text[], $3 fallback text[], $4 fire_reason text[] (NULL: no change),
 -- $5 double_delivered bool[], $6 provider_message_id text[] (NULL: no change), $7 error text[], $8 hold_reason text[],
--- $9 sms_provider_id text[] (NULL: no change)
+-- $9 sms_provider_id text[] (NULL: no change), $10 reconcile delay seconds float8 (first lookup of an
+-- ambiguous send, counted from the moment its request was written)
 UPDATE messages m
 SET chat_state = u.chat,
     fallback_state = u.fallback,
@@ -90,7 +105,14 @@ SET chat_state = u.chat,
     last_error = coalesce(u.err, m.last_error),
     hold_reason = CASE WHEN u.fallback = 'held' THEN coalesce(u.hold, m.hold_reason) ELSE NULL END,
     send_lease_until = CASE WHEN u.chat = 'sending' THEN m.send_lease_until ELSE NULL END,
+    send_started_at = CASE WHEN u.chat IN ('sending', 'unknown') THEN m.send_started_at ELSE NULL END,
+    reconcile_at = CASE WHEN u.chat <> 'unknown' THEN NULL
+                        WHEN m.chat_state <> 'unknown'
+                            THEN coalesce(m.send_started_at, now()) + $10::float8 * interval '1 second'
+                        ELSE m.reconcile_at END,
+    reconcile_attempts = CASE WHEN u.chat = 'unknown' THEN m.reconcile_attempts ELSE 0 END,
     fire_lease_until = CASE WHEN u.fallback = 'firing' THEN m.fire_lease_until ELSE NULL END,
+    sms_started_at = CASE WHEN u.fallback = 'firing' THEN m.sms_started_at ELSE NULL END,
     updated_at = now()
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[],
             $9::text[])
@@ -129,6 +151,8 @@ ORDER BY id FOR UPDATE;
 WITH due AS (
     SELECT id, channel FROM messages
     WHERE fallback_state = 'armed' AND due_at <= now()
+      -- policy.is_success: a satisfied rule never fires (unreachable while receipts cancel, checked anyway)
+      AND NOT (chat_state = 'read' OR (chat_state = 'delivered' AND fallback_rule <> 'unread'))
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -144,6 +168,7 @@ WITH due AS (
         fire_lease_until = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL
                                 ELSE now() + $2 * interval '1 second' END,
         sms_attempts = m.sms_attempts + CASE WHEN d.gated AND m.fire_reason IS NULL THEN 0 ELSE 1 END,
+        sms_started_at = NULL,
         due_at = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE m.due_at END,
         updated_at = now()
     FROM d
@@ -151,7 +176,8 @@ WITH due AS (
     -- hash-join against a sequential scan of messages (it did at 20,000 armed rows: a third of the time).
     WHERE m.id = d.id AND m.id = ANY(ARRAY(SELECT id FROM due)) AND m.fallback_state = 'armed'
     RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.fallback_state, m.hold_reason, m.channel,
-              m.params->>'TemplateParams' AS template_params, m.due_at,
+              m.params->>'TemplateParams' AS template_params, m.due_at, m.sms_attempts,
+              coalesce(extract(epoch FROM (now() - m.fired_at)), 0)::float8 AS firing_age_s,
               extract(epoch FROM (clock_timestamp() - m.due_at))::float8 AS lateness_s
 ), ev AS (
     INSERT INTO message_events (message_id, kind, detail)
@@ -160,27 +186,114 @@ WITH due AS (
                               'lateness_ms', round(lateness_s * 1000))
     FROM fired
 )
-SELECT id, to_number, sms_text, fire_reason, fallback_state, hold_reason, channel, template_params, lateness_s
+SELECT id, to_number, sms_text, fire_reason, fallback_state, hold_reason, channel, template_params, lateness_s,
+       sms_attempts, firing_age_s
 FROM fired;
 
 -- name: next_due_in --
--- Seconds until the next armed fallback is due (NULL: none). Served by the messages_due partial index.
-SELECT extract(epoch FROM (min(due_at) - now()))::float8 AS seconds
-FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL;
+-- Seconds until the next armed fallback is due or the next SMS retry comes up (NULL: none). Served by the
+-- messages_due and messages_firing partial indexes.
+SELECT extract(epoch FROM (least(
+    (SELECT min(due_at) FROM messages WHERE fallback_state = 'armed' AND due_at IS NOT NULL),
+    (SELECT min(fire_lease_until) FROM messages WHERE fallback_state = 'firing' AND sms_started_at IS NULL)
+) - now()))::float8 AS seconds;
 
--- name: stale_firings --
--- $1 limit int. Fallbacks whose firing lease ran out before the SMS was recorded (a crash mid-firing).
-SELECT id FROM messages
-WHERE fallback_state = 'firing' AND fire_lease_until < now()
-ORDER BY fire_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
+-- name: mark_sms_started --
+-- $1 id uuid, $2 sms_attempts int (fencing token). Committed just before the SMS request is written.
+UPDATE messages SET sms_started_at = now()
+WHERE id = $1 AND fallback_state = 'firing' AND sms_attempts = $2 AND sms_started_at IS NULL
+  AND fire_lease_until > now()
+RETURNING id;
+
+-- name: retry_sms --
+-- $1 id uuid, $2 sms_attempts int (fencing token), $3 delay seconds float8, $4 error text, $5 provider text.
+-- The SMS request provably did not get through (refused connection, throttled, 5xx): stay `firing`, not in
+-- flight, with the lease ending at the next attempt (claim_sms_retries picks it up then).
+WITH u AS (
+    UPDATE messages SET sms_started_at = NULL, fire_lease_until = now() + $3 * interval '1 second',
+                        sms_last_error = $4, updated_at = now()
+    WHERE id = $1 AND fallback_state = 'firing' AND sms_attempts = $2
+    RETURNING id, sms_attempts, fire_lease_until
+)
+INSERT INTO message_events (message_id, kind, detail)
+SELECT id, 'sms_retry', jsonb_build_object('error', $4::text, 'attempt', sms_attempts,
+                                           'next_attempt_at', fire_lease_until, 'provider', $5::text)
+FROM u;
+
+-- name: claim_sms_retries --
+-- $1 limit int, $2 lease seconds float8. Firing fallbacks whose SMS is not in flight and whose lease ended: a
+-- scheduled retry, or a claim that died before writing its request. Either way nothing went out: send again.
+WITH c AS (
+    SELECT id FROM messages
+    WHERE fallback_state = 'firing' AND fire_lease_until <= now() AND sms_started_at IS NULL
+    ORDER BY fire_lease_until
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m
+SET fire_lease_until = now() + $2 * interval '1 second', sms_attempts = m.sms_attempts + 1, updated_at = now()
+FROM c WHERE m.id = c.id AND m.id = ANY(ARRAY(SELECT id FROM c))
+RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.fallback_state, m.hold_reason, m.channel,
+          m.params->>'TemplateParams' AS template_params, NULL::float8 AS lateness_s, m.sms_attempts,
+          coalesce(extract(epoch FROM (now() - m.fired_at)), 0)::float8 AS firing_age_s;
+
+-- name: claim_stale_firings --
+-- $1 limit int, $2 lease seconds float8. Fallbacks whose SMS request was written (in flight) but whose outcome
+-- was never recorded before the lease ran out. Re-leased for the reconciling replica (no second reconciler).
+WITH c AS (
+    SELECT id FROM messages
+    WHERE fallback_state = 'firing' AND fire_lease_until < now() AND sms_started_at IS NOT NULL
+    ORDER BY fire_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET fire_lease_until = now() + $2 * interval '1 second'
+FROM c WHERE m.id = c.id AND m.id = ANY(ARRAY(SELECT id FROM c))
+RETURNING m.id, m.to_number, m.channel, m.sms_started_at, m.sms_attempts;
+
+-- name: sms_absent --
+-- $1 id uuid, $2 sms_attempts int, $3 detail text. The SMS provider proves the in-flight SMS never arrived:
+-- clear the mark and make the retry due now.
+WITH u AS (
+    UPDATE messages SET sms_started_at = NULL, fire_lease_until = now(), updated_at = now()
+    WHERE id = $1 AND fallback_state = 'firing' AND sms_attempts = $2 AND sms_started_at IS NOT NULL
+    RETURNING id
+)
+INSERT INTO message_events (message_id, kind, detail)
+SELECT id, 'sms_reconciled_absent', jsonb_build_object('detail', $3::text) FROM u;
+
+-- name: claim_reconcile --
+-- $1 limit int, $2 lease seconds float8. Ambiguous chat sends whose next provider lookup is due; the lookup
+-- time moves out by the lease so that no other replica looks them up at the same time.
+WITH c AS (
+    SELECT id FROM messages
+    WHERE chat_state = 'unknown' AND reconcile_at <= now()
+    ORDER BY reconcile_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET reconcile_at = now() + $2 * interval '1 second', reconcile_attempts = m.reconcile_attempts + 1
+FROM c WHERE m.id = c.id AND m.id = ANY(ARRAY(SELECT id FROM c))
+RETURNING m.id, m.params, m.send_started_at, m.created_at, m.reconcile_attempts;
+
+-- name: reconcile_later --
+-- $1 id uuid, $2 delay seconds float8 (NULL: give up, stay `unknown` for an operator), $3 detail text
+WITH u AS (
+    UPDATE messages SET reconcile_at = CASE WHEN $2::float8 IS NULL THEN NULL
+                                            ELSE now() + $2::float8 * interval '1 second' END
+    WHERE id = $1 AND chat_state = 'unknown'
+    RETURNING id, reconcile_attempts
+)
+INSERT INTO message_events (message_id, kind, detail)
+SELECT id, CASE WHEN $2::float8 IS NULL THEN 'reconcile_gave_up' ELSE 'reconcile_undecided' END,
+       jsonb_build_object('detail', $3::text, 'attempt', reconcile_attempts)
+FROM u;
 
 -- name: renew_firing --
 -- $1 id uuid, $2 lease seconds float8. Returns what is needed to (re)send the SMS.
 UPDATE messages
-SET fire_lease_until = now() + $2 * interval '1 second', sms_attempts = sms_attempts + 1, updated_at = now()
+SET fire_lease_until = now() + $2 * interval '1 second', sms_attempts = sms_attempts + 1, sms_started_at = NULL,
+    updated_at = now()
 WHERE id = $1 AND fallback_state = 'firing'
-RETURNING id, to_number, sms_text, fire_reason, channel, params->>'TemplateParams' AS template_params,
-          0.0::float8 AS lateness_s;
+RETURNING id, to_number, sms_text, fire_reason, fallback_state, hold_reason, channel,
+          params->>'TemplateParams' AS template_params, NULL::float8 AS lateness_s, sms_attempts,
+          coalesce(extract(epoch FROM (now() - fired_at)), 0)::float8 AS firing_age_s;
 
 -- name: reserve_send_slots --
 -- $1 name text, $2 spacing seconds float8 (1/pace), $3 count int. Reserves `count` consecutive send slots $2
@@ -254,3 +367,14 @@ SELECT (SELECT count(*) FROM messages WHERE fallback_state = 'armed' AND due_at 
 SELECT chat_state, fallback_state, count(*)::int AS n FROM messages
 WHERE created_at > now() - $1 * interval '1 second'
 GROUP BY chat_state, fallback_state;
+
+-- name: reconcile_context --
+-- $1 id uuid, $2 since timestamptz. For a lookup by (To, time window) without TaskId: the MessageIds already known
+-- to belong to our OTHER messages to the same number (they cannot be this send), and how many other sends to that
+-- number in the window are themselves without a MessageId (then one list row could be either: undecidable).
+SELECT coalesce(array_agg(o.provider_message_id) FILTER (WHERE o.provider_message_id IS NOT NULL), '{}') AS known,
+       count(*) FILTER (WHERE o.provider_message_id IS NULL AND o.send_started_at IS NOT NULL) AS ambiguous_peers
+FROM messages m JOIN messages o ON o.to_number = m.to_number AND o.id <> m.id
+WHERE m.id = $1 AND o.created_at >= $2::timestamptz - interval '1 day'
+  AND (o.sent_at IS NULL OR o.sent_at >= $2::timestamptz)
+  AND (o.send_started_at IS NULL OR o.send_started_at >= $2::timestamptz);

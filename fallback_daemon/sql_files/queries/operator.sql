@@ -37,7 +37,7 @@ FROM messages WHERE id = $1;
 -- name: held_ids --
 -- $1 channel text (NULL: any), $2 hold_reason text (NULL: any), $3 ids uuid[] (NULL: any), $4 limit int.
 -- Held fallbacks matching a filter (messages_held partial index), oldest first.
-SELECT id FROM messages
+SELECT id, hold_reason FROM messages
 WHERE fallback_state = 'held'
   AND ($1::text IS NULL OR channel = $1::text)
   AND ($2::text IS NULL OR hold_reason = $2::text)
@@ -185,3 +185,14 @@ RETURNING replayed_at;
 -- name: db_now --
 -- The database clock (the only clock).
 SELECT now();
+
+-- name: lock_messages_for_action --
+-- $1 ids uuid[]. The rows an operator action decides on, locked in id order (as lock_messages, so concurrent
+-- batches cannot deadlock), with fire_reason: an armed fallback that has one is due now (it was fired; the
+-- timer loop claims it within moments), so a cancel is refused rather than racing that claim.
+SELECT id, chat_state, fallback_state, fallback_rule, double_delivered, fire_reason
+FROM messages WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE;
+
+-- name: held_reason_of --
+-- $1 id uuid. Why the fallback is held (NULL when it is not held).
+SELECT hold_reason FROM messages WHERE id = $1 AND fallback_state = 'held';

@@ -1,5 +1,9 @@
-// The operator page: polls GET /v1/stats, searches GET /v1/messages, shows GET /v1/messages/{id}.
+// The operator page: polls GET /v1/stats, searches GET /v1/messages, shows GET /v1/messages/{id}, and acts
+// through the operator API (cancel, fire, redrive, held release/drop) after a confirmation dialog.
 // Every value from the API is untrusted (it carries provider receipts): it is only ever set as textContent.
+// Reads use the session cookie; actions send the operator token as a bearer header (the cookie never
+// authorises a POST). The token is asked for once and kept in this tab's memory only.
+// All times are shown in UTC, 24-hour.
 "use strict";
 
 const CHAT_STATES = ["accepted", "sending", "unknown", "sent", "send_failed", "failed", "delivered", "read"];
@@ -10,6 +14,9 @@ const PHONE_RE = /^\+?[0-9][0-9 ]{6,20}$/;
 const $ = (id) => document.getElementById(id);
 let nextCursor = null;
 let lastQuery = null;
+let operatorToken = null; // in memory only: never in storage, cookies or the address bar
+let pendingAction = null;
+let lastStats = null;
 
 async function api(path) {
   const resp = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
@@ -97,8 +104,11 @@ function renderStats(s) {
     wrap.append(bar);
     hist.append(el("span", label), wrap, el("span", count, "n"));
   }
-  const held = s.held.by_reason_channel.map((h) => row([h.reason, h.channel, h.count, ago(h.oldest_s)], [2]));
+  const held = s.held.by_reason_channel.map((h) => row([h.reason, h.channel, h.count, ago(h.oldest_s),
+    heldButtons(h)], [2]));
   fill("held", held.length ? held : [row(["none held"])]);
+  $("held-all").hidden = !s.held.total;
+  renderGateAlarm(s.feed_health, s.held);
 
   const p = s.pipeline;
   fill("pipeline", [
@@ -117,8 +127,135 @@ function renderStats(s) {
     el("span", g.gate_closed ? "CLOSED: timer fallbacks held" : "open", g.gate_closed ? "bad" : "ok")]));
   fill("gate-table", gates.length ? gates : [row(["no channel health recorded yet"])]);
   $("dead-letters").textContent = s.dead_letters.pending + " dead-lettered receipt(s) waiting for replay";
-  $("updated").textContent = "updated " + new Date(s.generated_at).toLocaleTimeString();
+  $("updated").textContent = "updated " + utc(s.generated_at).slice(11, 19) + " UTC";
+  lastStats = s;
   document.body.dataset.statsLoaded = "1";
+}
+
+// The health-gate alarm sits at the top of the page, above every card.
+function renderGateAlarm(feedHealth, held) {
+  const closed = feedHealth.filter((g) => g.gate_closed);
+  const alarm = $("gate-alarm");
+  alarm.replaceChildren();
+  alarm.hidden = !closed.length;
+  if (!closed.length) return;
+  const feedDown = held.by_reason_channel.filter((h) => h.reason === "feed_down")
+    .reduce((n, h) => n + h.count, 0);
+  alarm.append(el("strong", "Receipt feed down: "),
+    closed.map((g) => g.channel + " (last receipt " + ago(g.since_last_s) + ")").join(", "),
+    el("span", ". Timer fallbacks on " + (closed.length > 1 ? "these channels" : "it") + " are held, not fired ("
+      + feedDown + " held so far): release or drop them under “Pending fallback timers” once the feed is back."));
+}
+
+function button(label, onClick) {
+  const b = el("button", label);
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function heldButtons(h) {
+  const where = h.reason + " on " + h.channel;
+  const filter = { channel: h.channel, hold_reason: h.reason };
+  const span = el("span", null, "actions");
+  span.append(
+    button("Release…", () => openAction({ title: "Release held fallbacks (" + where + ")", path: "/v1/held/release",
+      body: filter, preview: h.count + " held fallback(s) will fire now: their SMS goes out.", count: h.count })),
+    button("Drop…", () => openAction({ title: "Drop held fallbacks (" + where + ")", path: "/v1/held/drop",
+      body: filter, preview: h.count + " held fallback(s) will never fire (fallback state suppressed).",
+      count: h.count })));
+  return span;
+}
+
+function bulkAll(verb) {
+  const total = lastStats ? lastStats.held.total : 0;
+  const what = verb === "release" ? "will fire now: their SMS goes out." : "will never fire (suppressed).";
+  openAction({ title: (verb === "release" ? "Release" : "Drop") + " every held fallback",
+    path: "/v1/held/" + verb, body: { all: true }, preview: total + " held fallback(s), all reasons and channels, "
+      + what, count: total });
+}
+
+// ---- actions -----------------------------------------------------------------------------------------
+function openAction(action) {
+  pendingAction = action;
+  $("action-title").textContent = action.title;
+  $("action-preview").textContent = action.preview + (action.count !== undefined ? " Preview count: "
+    + action.count + "." : "");
+  $("action-preview").dataset.count = action.count === undefined ? "" : String(action.count);
+  $("action-error").hidden = true;
+  $("action-token-label").hidden = operatorToken !== null;
+  $("action-token").required = operatorToken === null;
+  $("action-dialog").showModal();
+  $("action-reason").focus();
+}
+
+async function confirmAction(ev) {
+  ev.preventDefault();
+  const action = pendingAction;
+  if (!action) return;
+  const token = operatorToken !== null ? operatorToken : $("action-token").value;
+  const body = { ...action.body, actor: $("action-actor").value, reason: $("action-reason").value };
+  $("action-confirm").disabled = true;
+  try {
+    const resp = await fetch(action.path, { method: "POST", credentials: "omit", headers: {
+      "Content-Type": "application/json", Accept: "application/json", Authorization: "Bearer " + token },
+    body: JSON.stringify(body) });
+    const answer = await resp.json();
+    if (resp.status === 401) {
+      operatorToken = null;
+      $("action-token-label").hidden = false;
+      throw new Error("the operator token was refused");
+    }
+    if (!resp.ok) {
+      const err = answer.error || {};
+      throw new Error((err.field ? err.field + ": " : "") + (err.message || resp.statusText));
+    }
+    operatorToken = token;
+    $("action-dialog").close();
+    $("action-token").value = "";
+    $("action-reason").value = "";
+    pendingAction = null;
+    showResult(action, answer);
+    await refreshStats();
+    if (document.body.dataset.timeline) await showTimeline(document.body.dataset.timeline);
+  } catch (e) {
+    $("action-error").textContent = e.message;
+    $("action-error").hidden = false;
+  } finally {
+    $("action-confirm").disabled = false;
+  }
+}
+
+function showResult(action, answer) {
+  let text;
+  if (answer.matched !== undefined) {
+    text = action.title + ": " + answer.done + " of " + answer.matched + " done (" + answer.refused + " refused"
+      + (answer.more ? "; more remain: run it again" : "") + ").";
+  } else {
+    text = action.title + ": " + answer.outcome + " (chat " + answer.chat_state + ", fallback "
+      + answer.fallback_state + ").";
+  }
+  $("action-result").textContent = text;
+  $("action-result").hidden = false;
+  document.body.dataset.lastAction = answer.outcome || "held";
+}
+
+function messageButtons(m) {
+  const box = $("message-actions");
+  box.replaceChildren();
+  const pending = m.fallback_state === "armed" || m.fallback_state === "held";
+  const stuck = ["sending", "unknown"].includes(m.chat_state) || m.fallback_state === "firing";
+  const path = (verb) => "/v1/messages/" + encodeURIComponent(m.id) + "/" + verb;
+  if (pending) {
+    box.append(button("Cancel fallback…", () => openAction({ title: "Cancel the fallback of " + m.id,
+      path: path("cancel"), body: {}, preview: "The SMS fallback will never be sent." })));
+    box.append(button("Fire now…", () => openAction({ title: "Fire the fallback of " + m.id, path: path("fire"),
+      body: {}, preview: "The SMS fallback goes out now, without waiting for its timer." })));
+  }
+  if (stuck) {
+    box.append(button("Re-drive…", () => openAction({ title: "Re-drive " + m.id, path: path("redrive"), body: {},
+      preview: "A stuck send is sent again (only if CAMS did not take it), a stuck SMS is fired again." })));
+  }
 }
 
 async function refreshStats() {
@@ -197,10 +334,14 @@ async function showTimeline(id) {
       const who = e.actor ? e.actor + (e.reason ? ": " + e.reason : "") : "";
       const rest = Object.fromEntries(Object.entries(e).filter(([k]) => !EVENT_KEYS.has(k)));
       const state = e.chat ? e.chat + " / " + e.fallback : "";
-      return row([utc(e.at), e.kind, e.outcome || "", state, who, el("span", JSON.stringify(rest), "detail")]);
+      // A `*_stale` outcome changed nothing (e.g. a Sent report after the send answer): say so, not alarm.
+      const outcome = (e.outcome || "") + (e.outcome && e.outcome.endsWith("_stale") ? " (no change)" : "");
+      return row([utc(e.at), e.kind, outcome, state, who, el("span", JSON.stringify(rest), "detail")]);
     }));
+    messageButtons(m);
     $("timeline").hidden = false;
     document.body.dataset.timeline = m.id;
+    document.body.dataset.events = String(m.events.length);
     problem("");
   } catch (e) {
     problem("timeline: " + e.message);
@@ -223,6 +364,10 @@ for (const [id, states] of [["chat-state", CHAT_STATES], ["fallback-state", FALL
 $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); search(false); });
 $("more").addEventListener("click", () => search(true));
 $("window").addEventListener("change", refreshStats);
+$("action-form").addEventListener("submit", confirmAction);
+$("action-back").addEventListener("click", () => { pendingAction = null; $("action-dialog").close(); });
+$("release-all").addEventListener("click", () => bulkAll("release"));
+$("drop-all").addEventListener("click", () => bulkAll("drop"));
 window.addEventListener("hashchange", onHash);
 refreshStats();
 setInterval(refreshStats, 5000);

@@ -1,0 +1,326 @@
+"""SenderLoop, TimerLoop and RecoveryLoop against the in-memory store and scripted providers (no database).
+
+The store's clock is fake: leases expire and retries fall due when a test advances it, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from fallback_daemon import errors, loops, ports, service
+from fallback_daemon.model import ChatState as C
+from fallback_daemon.model import FallbackState as F
+from tests.unit.memstore import MemoryStore
+
+HANG_S = 10.0  # a guard against a hang, never a speed target
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG_S
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.001)
+
+
+class Sms:
+    name = "scripted"
+
+    def __init__(self, *answers: str, lookup: ports.LookupResult = ports.LookupResult.UNKNOWN) -> None:
+        self.answers = collections.deque(answers)
+        self.lookup_result = lookup
+        self.received: list[str] = []
+        self.calls = 0
+
+    def route(self, *, to: str, channel: str) -> Sms:
+        return self
+
+    async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
+        self.calls += 1
+        answer = self.answers.popleft() if self.answers else "ok"
+        if answer == "refused":
+            raise errors.TransientError("connect failed")
+        if answer == "rejected":
+            raise errors.PermanentError("isv.BLACK_KEY_CONTROL_LIMIT")
+        if answer == "lost":
+            raise errors.AmbiguousError("reset while writing")
+        self.received.append(fallback_id)
+        if answer == "ambiguous":
+            raise errors.AmbiguousError("no answer")
+        return f"sms-{len(self.received)}"
+
+    async def lookup(self, *, fallback_id: str, to: str, since: datetime, until: datetime) -> ports.Lookup:
+        return ports.Lookup(result=self.lookup_result, provider_id="sms-found")
+
+
+class Chat:
+    def __init__(self, *answers: str, lookup: ports.LookupResult = ports.LookupResult.UNKNOWN) -> None:
+        self.answers = collections.deque(answers)
+        self.lookup_result = lookup
+        self.received: list[str] = []
+
+    async def send(self, *, task_id: str, params: Mapping[str, str]) -> str:
+        answer = self.answers.popleft() if self.answers else "ok"
+        if answer == "throttled":
+            raise errors.Throttled("Throttling.User", code="Throttling.User", retry_after_s=7.0)
+        if answer == "rejected":
+            raise errors.PermanentError("InvalidParameter.To")
+        self.received.append(task_id)
+        if answer == "ambiguous":
+            raise errors.AmbiguousError("timeout")
+        return f"cams-{len(self.received)}"
+
+    async def lookup(
+        self,
+        *,
+        task_id: str,
+        params: Mapping[str, str],
+        since: datetime,
+        until: datetime,
+        exclude_ids: Collection[str] = (),
+    ) -> ports.Lookup:
+        return ports.Lookup(result=self.lookup_result, provider_id="cams-found")
+
+
+class Limiter:
+    """Every slot is free now (pacing is tested in test_ratelimit against Postgres)."""
+
+    def room(self) -> int:
+        return 100
+
+    def wait_hint(self) -> float:
+        return 0.001
+
+    async def reserve(self, count: int) -> list[float]:
+        return [0.0] * count
+
+    async def wait(self, slot: float, stop: asyncio.Event | None = None) -> float | None:
+        return None if stop is not None and stop.is_set() else slot
+
+
+@contextlib.asynccontextmanager
+async def running(run: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, HANG_S)
+
+
+def timer(store: MemoryStore, sms: Sms, **kw: Any) -> loops.TimerLoop:
+    args: dict[str, Any] = {
+        "batch": 50,
+        "lease_s": 120.0,
+        "max_sleep_s": 0.001,
+        "concurrency": 4,
+        "sms_max_attempts": 100,
+        "retry_window_s": 1800.0,
+        "retry_cap_s": 60.0,
+    }
+    return loops.TimerLoop(store, sms, **{**args, **kw})
+
+
+def sender(store: MemoryStore, chat: Chat, **kw: Any) -> loops.SenderLoop:
+    args: dict[str, Any] = {"concurrency": 4, "max_attempts": 3, "lease_s": 60.0, "poll_s": 0.001}
+    return loops.SenderLoop(store, chat, Limiter(), **{**args, **kw})
+
+
+# ---- sender ---------------------------------------------------------------------------------------------
+async def test_sender_marks_in_flight_before_the_call_and_records_the_id() -> None:
+    store = MemoryStore()
+    row = store.add()
+    chat = Chat()
+    marked_at_call: list[float | None] = []
+    real = chat.send
+
+    async def spy(**kw: Any) -> str:
+        marked_at_call.append(store.rows[row.id].send_started_at)
+        return await real(**kw)
+
+    chat.send = spy  # type: ignore[method-assign]
+    async with running(lambda stop: sender(store, chat).run(stop, 1.0)):
+        await until(lambda: row.chat is C.SENT, "the send to be recorded")
+    assert marked_at_call == [0.0], "the in-flight mark was committed before the request"
+    assert (row.provider_id, chat.received) == ("cams-1", [str(row.id)])
+
+
+async def test_sender_does_not_call_when_the_claim_was_lost() -> None:
+    store = MemoryStore()
+    row = store.add()
+    chat = Chat()
+    loop = sender(store, chat)
+    [claimed] = await store.claim_sends(10, 60)
+    store.clock.advance(61)  # the lease ran out; the sweep hands it back and another claim takes it
+    await store.recover_sends(10)
+    await store.claim_sends(10, 60)
+    await loop._send(claimed, 0.0)
+    assert chat.received == []
+    assert row.send_attempts == 2
+
+
+async def test_sender_backs_off_throttling_for_at_least_retry_after() -> None:
+    store = MemoryStore()
+    row = store.add()
+    async with running(lambda stop: sender(store, Chat("throttled")).run(stop, 1.0)):
+        await until(lambda: "send_retry" in store.kinds(row.id), "the retry to be recorded")
+    assert row.chat is C.ACCEPTED
+    assert row.next_attempt_at >= 7.0, "x-acs-retry-after is honoured"
+
+
+async def test_sender_permanent_refusal_makes_the_fallback_due() -> None:
+    store = MemoryStore()
+    row = store.add()
+    async with running(lambda stop: sender(store, Chat("rejected")).run(stop, 1.0)):
+        await until(lambda: row.chat is C.SEND_FAILED, "the send to fail")
+    assert (row.fire_reason, row.due_at) == ("send_failed", 0.0)
+
+
+async def test_sender_shutting_down_before_the_slot_hands_the_message_back() -> None:
+    store = MemoryStore()
+    row = store.add()
+    loop = sender(store, Chat())
+    stop = asyncio.Event()
+    stop.set()
+    loop._stop = stop
+    [claimed] = await store.claim_sends(10, 60)
+    await loop._send(claimed, 0.0)
+    assert (row.chat, row.send_started_at) == (C.ACCEPTED, None)
+
+
+# ---- timer ----------------------------------------------------------------------------------------------
+async def test_timer_retries_an_outage_through_the_store_until_sent() -> None:
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    sms = Sms("refused", "refused", "refused")
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        for attempt in range(1, 4):
+            await until(lambda a=attempt: store.kinds(row.id).count("sms_retry") == a, f"retry {attempt}")
+            assert row.fallback is F.FIRING
+            assert row.sms_started_at is None, "a refused attempt is not in flight"
+            store.clock.advance(61)  # the next attempt falls due (backoff capped at 60 s)
+        await until(lambda: row.fallback is F.SMS_SENT, "the SMS to go out")
+    assert sms.received == [str(row.id)]
+    assert row.sms_attempts == 4
+
+
+async def test_timer_holds_the_fallback_when_the_window_is_exhausted() -> None:
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    sms = Sms(*["refused"] * 50)
+    async with running(lambda stop: timer(store, sms, retry_window_s=100.0).run(stop, 1.0)):
+        await until(lambda: row.fallback is not F.ARMED, "the fallback to fire")
+        while row.fallback is F.FIRING:
+            await until(lambda: row.fallback is not F.FIRING or row.sms_started_at is None, "an attempt")
+            store.clock.advance(61)
+            await asyncio.sleep(0.005)
+    assert (row.fallback, row.hold_reason) == (F.HELD, "sms_retries_exhausted")
+    assert sms.received == []
+    assert sms.calls <= 4, "no attempt was made past the window"
+
+
+async def test_timer_records_a_lost_sms_answer_at_once() -> None:
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    async with running(lambda stop: timer(store, Sms("ambiguous")).run(stop, 1.0)):
+        await until(lambda: "sms_unknown" in store.kinds(row.id), "the timeline event")
+    assert row.fallback is F.FIRING
+    assert row.sms_started_at is not None, "still in flight: recovery decides"
+
+
+# ---- recovery -------------------------------------------------------------------------------------------
+async def _in_flight_sms(store: MemoryStore) -> Any:
+    row = store.add(chat=C.SENT, due_at=0.0)
+    [claimed] = await store.claim_due(10, 120)
+    assert await store.mark_sms_started(row.id, claimed.attempt)
+    store.clock.advance(121)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("result", "resend", "fallback", "sent_again"),
+    [
+        (ports.LookupResult.FOUND, False, F.SMS_SENT, False),
+        (ports.LookupResult.ABSENT, False, F.SMS_SENT, True),
+        (ports.LookupResult.UNKNOWN, False, F.HELD, False),
+        (ports.LookupResult.UNKNOWN, True, F.SMS_SENT, True),
+    ],
+)
+async def test_recovery_reconciles_an_in_flight_sms(
+    result: ports.LookupResult, resend: bool, fallback: F, sent_again: bool
+) -> None:
+    store = MemoryStore()
+    row = await _in_flight_sms(store)
+    sms = Sms(lookup=result)
+    t = timer(store, sms)
+    recovery = loops.RecoveryLoop(store, t, resend=resend)
+    async with running(lambda stop: t.run(stop, 1.0)):
+        await recovery.sweep()
+        await until(lambda: row.fallback is fallback, f"the fallback to end {fallback}")
+    assert (len(sms.received) == 1) is sent_again
+    if fallback is F.HELD:
+        assert row.hold_reason == "sms_unknown"
+
+
+async def test_recovery_sends_again_a_claim_that_never_started() -> None:
+    store = MemoryStore()
+    row = store.add()
+    await store.claim_sends(10, 60)
+    store.clock.advance(61)
+    recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False)
+    await recovery.sweep()
+    assert row.chat is C.ACCEPTED
+    assert "send_requeued" in store.kinds(row.id)
+
+
+@pytest.mark.parametrize(
+    ("result", "chat"),
+    [
+        (ports.LookupResult.FOUND, C.SENT),
+        (ports.LookupResult.ABSENT, C.ACCEPTED),
+        (ports.LookupResult.UNKNOWN, C.UNKNOWN),
+    ],
+)
+async def test_recovery_reconciles_an_unknown_send(result: ports.LookupResult, chat: C) -> None:
+    store = MemoryStore(reconcile_delay_s=60.0)
+    row = store.add()
+    [claimed] = await store.claim_sends(10, 60)
+    assert await store.mark_send_started(row.id, claimed.attempt)
+    store.clock.advance(61)
+    recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False, chat=Chat(lookup=result))
+    await recovery.sweep()  # lease expired: unknown, first lookup at mark + 60 s = now
+    assert row.chat is chat
+    if chat is C.SENT:
+        assert row.provider_id == "cams-found"
+    if chat is C.UNKNOWN:
+        assert row.reconcile_at == store.clock.now + 60.0, "looked up again later"
+
+
+async def test_recovery_survives_the_database_going_away() -> None:
+    store = MemoryStore()
+    store.down = True
+    recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False, interval_s=0.001)
+    async with running(recovery.run):
+        await asyncio.sleep(0.01)  # several sweeps meet StoreError; none ends the loop
+
+
+async def test_writer_applies_batches_in_order() -> None:
+    store = MemoryStore()
+    row = store.add(chat=C.SENDING)
+    writer = loops.Writer(store)
+    done = asyncio.Event()
+    writer.put(service.Outcome(message_id=row.id, event=loops.policy.SendOk(), provider_message_id="p"))
+    writer.put(service.Outcome(message_id=uuid.uuid4(), event=loops.policy.SendOk()))
+    done.set()
+    await asyncio.wait_for(writer.run(done), HANG_S)
+    assert (row.chat, row.provider_id) == (C.SENT, "p")
