@@ -62,7 +62,9 @@ def latency_table(lat: dict[str, Any]) -> str:
         f"LISTEN latency (pg_ctl restart -m {lat['mode']}): accept->sent p50 {b['accept_to_sent_p50_s']} s "
         f"before, {a['accept_to_sent_p50_s']} s in the 30 s after; failure->fired p50 "
         f"{b['failure_to_fired_p50_s']} s before, {a['failure_to_fired_p50_s']} s after; LISTEN connections "
-        f"{lat['listeners_before']} -> {lat['listeners_after']}; daemon deaths {lat['daemon_deaths']}"
+        f"{lat['listeners_before']} -> {lat['listeners_after']} (a connection whose last query was LISTEN; "
+        f"the daemon's fallback_listen_connected after: {lat.get('listen_metric_after')}); "
+        f"daemon deaths {lat['daemon_deaths']}"
     )
 
 

@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
+
 from chaos import check, load, world
 
 Faults = Callable[[world.World, float], Awaitable[None]]
@@ -220,8 +222,22 @@ async def listen_latency(
         await w.all_up()
         out["after"] = await _window(w, loader, after_s, 5)
         out["listeners_after"] = await _listeners(w)
+        out["listen_metric_after"] = await _listen_metric(w)
         out["daemon_deaths"] = len(w.deaths)
         return out
+
+
+async def _listen_metric(w: world.World) -> float | None:
+    """The daemon's own `fallback_listen_connected` gauge (None: a daemon without it)."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{w.daemons[0].url}/metrics") as r:
+            text = await r.text()
+    except aiohttp.ClientError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("fallback_listen_connected"):
+            return float(line.split()[-1])
+    return None
 
 
 async def _listeners(w: world.World) -> int | None:

@@ -62,6 +62,27 @@ async def supervise(name: str, stop: asyncio.Event, run: Callable[[], Awaitable[
             await sleep_or_stop(stop, backoff(failures, cap=10.0))
 
 
+async def record(
+    write: Callable[[], Awaitable[None]], stop: asyncio.Event, *, budget_s: float = 60.0
+) -> bool:
+    """Retry a small write that records a fact only this process knows, through a database outage.
+
+    Bounded by `budget_s` and, once `stop` is set, by a few more tries; False when it never got through.
+    """
+    deadline = time.monotonic() + budget_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await write()
+            return True
+        except errors.StoreError as exc:
+            log.warning("record_failed", error=str(exc), attempt=attempt)
+        if time.monotonic() >= deadline or (stop.is_set() and attempt >= 3):
+            return False
+        await asyncio.sleep(backoff(attempt, base=0.2, cap=2.0))
+
+
 async def wait_any(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
     """Sleep until `wake` or `stop` is set, or `seconds` pass; clears `wake`."""
     if seconds > 0 and not stop.is_set() and not wake.is_set():
@@ -310,10 +331,9 @@ class SenderLoop:
         delay = backoff(attempt)
         if isinstance(exc, errors.Throttled) and exc.retry_after_s:
             delay = max(delay, exc.retry_after_s)
-        try:
-            await self.svc.retry_send(mid, delay, str(exc), attempt)
-        except errors.StoreError as db_exc:  # the mark stays: recovery reconciles (CAMS will say absent)
-            log.warning("send_retry_not_recorded", message_id=str(mid), error=str(db_exc))
+        # We know nothing went out: keep trying to say so (a mark left behind means reconciliation).
+        if not await record(lambda: self.svc.retry_send(mid, delay, str(exc), attempt), self._stop):
+            log.warning("send_retry_not_recorded", message_id=str(mid))
 
 
 class TimerLoop:
@@ -344,10 +364,12 @@ class TimerLoop:
         self.sms_max_attempts = sms_max_attempts
         self.retry_window_s, self.retry_cap_s = retry_window_s, retry_cap_s
         self.wake = asyncio.Event()
+        self._stop = asyncio.Event()  # replaced by run()'s
 
     async def run(self, stop: asyncio.Event, grace_s: float) -> None:
         writer_done = asyncio.Event()
         self.writer._grace_s = grace_s
+        self._stop = stop
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(writer_done), name="sms-writer")
             try:
@@ -404,7 +426,12 @@ class TimerLoop:
         gateway = self.sms.route(to=row.to, channel=row.channel)
         try:
             if not await self.svc.mark_sms_started(mid, attempt):
-                log.warning("sms_claim_lost", message_id=str(mid), attempt=attempt)
+                # Either the chat succeeded since the firing (the SMS is not needed any more) or the claim was
+                # lost to the recovery sweep / another replica.
+                if await self.svc.sms_not_needed(mid, attempt):
+                    metrics.fallback_sms.labels("not_needed").inc()
+                else:
+                    log.warning("sms_claim_lost", message_id=str(mid), attempt=attempt)
                 return
         except errors.StoreError as exc:  # not in flight: the lease runs out and claim_sms_retries resends
             log.warning("sms_mark_failed", message_id=str(mid), error=str(exc))
@@ -477,11 +504,11 @@ class TimerLoop:
             )
             return
         metrics.fallback_sms.labels("retry").inc()
-        try:
-            await self.svc.retry_sms(mid, attempt, delay, str(exc), provider)
-        except errors.StoreError as db_exc:
-            # The in-flight mark stays: recovery asks the provider, which will say the SMS is absent.
-            log.warning("sms_retry_not_recorded", message_id=str(mid), error=str(db_exc))
+        # We know this SMS did not go out: keep trying to record that while the database is away, because a
+        # mark left behind means reconciliation, and a provider without a query API (SendMessageToGlobe, SNS)
+        # cannot tell, so the fallback would be parked as sms_unknown instead of simply retried.
+        if not await record(lambda: self.svc.retry_sms(mid, attempt, delay, str(exc), provider), self._stop):
+            log.warning("sms_retry_not_recorded", message_id=str(mid))
 
 
 class RecoveryLoop:

@@ -122,6 +122,12 @@ class SmsRetryExhausted:
 
 
 @dataclasses.dataclass(frozen=True)
+class SmsNotNeeded:
+    """The chat message succeeded after the fallback fired but before its SMS went out (e.g. during a provider
+    outage the SMS was being retried): the SMS is not sent."""
+
+
+@dataclasses.dataclass(frozen=True)
 class FiringInterrupted:
     """A firing lease expired (crash between 'firing' and 'SMS sent'); `resend` picks at-least-once."""
 
@@ -146,6 +152,7 @@ Event = (
     | SendAbsent
     | SmsUnknown
     | SmsRetryExhausted
+    | SmsNotNeeded
 )
 
 
@@ -262,6 +269,10 @@ def decide(state: State, event: Event) -> Decision:  # noqa: C901 - one flat dis
             if state.fallback is F.FIRING:
                 return Decision(chat=state.chat, fallback=F.HELD, outcome="sms_retries_exhausted")
             return Decision(chat=state.chat, fallback=state.fallback, outcome="sms_retries_exhausted_ignored")
+        case SmsNotNeeded():
+            if state.fallback is F.FIRING and is_success(state.rule, state.chat):
+                return Decision(chat=state.chat, fallback=F.CANCELLED, outcome="sms_not_needed")
+            return Decision(chat=state.chat, fallback=state.fallback, outcome="sms_not_needed_ignored")
         case FiringInterrupted(resend=resend):
             if state.fallback is not F.FIRING:
                 return Decision(chat=state.chat, fallback=state.fallback, outcome="recovery_ignored")

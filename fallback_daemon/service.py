@@ -530,6 +530,19 @@ class Service:
     async def mark_sms_started(self, message_id: uuid.UUID, attempt: int) -> bool:
         return await self.db.fetchval(Q["mark_sms_started"], message_id, attempt) is not None
 
+    async def sms_not_needed(self, message_id: uuid.UUID, attempt: int) -> bool:
+        """This attempt's SMS was not written and the chat succeeded meanwhile: cancel it (SmsNotNeeded)."""
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(Q["lock_unstarted_firing"], message_id, attempt)
+            if not rows:
+                return False
+            decisions = await self._write(
+                conn,
+                {r["id"]: _state(r) for r in rows},
+                [Outcome(message_id=message_id, event=policy.SmsNotNeeded())],
+            )
+        return bool(decisions) and decisions[0].fallback is FallbackState.CANCELLED
+
     async def retry_sms(
         self, message_id: uuid.UUID, attempt: int, delay_s: float, error: str, provider: str
     ) -> None:

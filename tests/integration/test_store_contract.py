@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import policy, service, store
+from fallback_daemon import model, policy, service, store
 from tests.integration.test_service import req
 from tests.unit.memstore import MemoryStore
 
@@ -116,3 +116,16 @@ async def test_sms_attempts_retry_and_recovery(h: Any) -> None:
     assert await h.s.mark_sms_started(mid, 3)
     assert await h.s.interrupt_firing(mid, resend=False, lease_s=60, detail="?") is None
     assert await h.state(mid) == ("sent", "held", "sms_unknown")
+
+
+async def test_a_success_since_the_firing_makes_the_sms_not_needed(h: Any) -> None:
+    mid = await h.new()
+    await h.s.claim_sends(10, 60)
+    await h.s.apply([service.Outcome(message_id=mid, event=policy.SendOk(), provider_message_id="pc2")])
+    await h.expire()
+    [f] = await h.s.claim_due(10, 60)
+    await h.s.apply([service.Outcome(message_id=mid, event=policy.ChatReceipt(model.ReceiptStatus.READ))])
+    assert not await h.s.mark_sms_started(mid, f.attempt)
+    assert not await h.s.sms_not_needed(mid, f.attempt + 1), "another attempt's claim is not touched"
+    assert await h.s.sms_not_needed(mid, f.attempt)
+    assert (await h.state(mid))[:2] == ("read", "cancelled")

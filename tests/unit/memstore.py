@@ -212,10 +212,19 @@ class MemoryStore:
             and r.sms_attempts == attempt
             and r.sms_started_at is None
             and (r.fire_lease_until or 0) > now
+            and not policy.is_success(r.rule, r.chat)
         ):
             r.sms_started_at = now
             return True
         return False
+
+    async def sms_not_needed(self, message_id: uuid.UUID, attempt: int) -> bool:
+        self._check()
+        r = self.rows[message_id]
+        if not (r.fallback is F.FIRING and r.sms_attempts == attempt and r.sms_started_at is None):
+            return False
+        [d] = await self.apply([service.Outcome(message_id=message_id, event=policy.SmsNotNeeded())])
+        return d.fallback is F.CANCELLED
 
     async def retry_sms(
         self, message_id: uuid.UUID, attempt: int, delay_s: float, error: str, provider: str

@@ -18,6 +18,7 @@ import pytest
 from fallback_daemon import errors, loops, ports, service
 from fallback_daemon.model import ChatState as C
 from fallback_daemon.model import FallbackState as F
+from fallback_daemon.model import ReceiptStatus as R
 from tests.unit.memstore import MemoryStore
 
 HANG_S = 10.0  # a guard against a hang, never a speed target
@@ -324,3 +325,41 @@ async def test_writer_applies_batches_in_order() -> None:
     done.set()
     await asyncio.wait_for(writer.run(done), HANG_S)
     assert (row.chat, row.provider_id) == (C.SENT, "p")
+
+
+async def test_a_refused_sms_is_recorded_as_a_retry_through_a_database_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database drops between the refused SMS and its retry write: the write is retried until it lands,
+    so the fallback is retried (not left in flight for reconciliation, which SendMessageToGlobe cannot do)."""
+    monkeypatch.setattr(loops, "backoff", lambda attempt, **kw: 0.001)
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    sms = Sms("refused")
+    real = sms.send
+
+    async def refuse_then_drop_the_database(**kw: Any) -> str:
+        try:
+            return await real(**kw)
+        finally:
+            store.down = True
+            asyncio.get_running_loop().call_later(0.02, setattr, store, "down", False)
+
+    sms.send = refuse_then_drop_the_database  # type: ignore[method-assign]
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        await until(lambda: "sms_retry" in store.kinds(row.id), "the retry to be recorded after the outage")
+    assert row.sms_started_at is None, "not left in flight"
+
+
+async def test_a_success_during_the_sms_retries_stops_them() -> None:
+    """A Read receipt lands while the SMS is being retried: the next attempt is not sent (cancelled)."""
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    sms = Sms("refused")
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        await until(lambda: "sms_retry" in store.kinds(row.id), "the first attempt to be refused")
+        await store.apply([service.Outcome(message_id=row.id, event=loops.policy.ChatReceipt(R.READ))])
+        store.clock.advance(61)
+        await until(lambda: row.fallback is F.CANCELLED, "the retry to stand down")
+    assert sms.received == []
+    assert sms.calls == 1

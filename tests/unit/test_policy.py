@@ -126,6 +126,10 @@ CASES = [
     (st(C.SENT, F.FIRING), policy.SmsUnknown(), C.SENT, F.FIRING, None, False),
     (st(C.SENT, F.FIRING), policy.SmsRetryExhausted(), C.SENT, F.HELD, None, False),
     (st(C.SENT, F.SMS_SENT), policy.SmsRetryExhausted(), C.SENT, F.SMS_SENT, None, False),
+    # the chat succeeded while the SMS was still being retried: it is not sent
+    (st(C.READ, F.FIRING), policy.SmsNotNeeded(), C.READ, F.CANCELLED, None, False),
+    (st(C.DELIVERED, F.FIRING, UR), policy.SmsNotNeeded(), C.DELIVERED, F.FIRING, None, False),
+    (st(C.SENT, F.FIRING), policy.SmsNotNeeded(), C.SENT, F.FIRING, None, False),
 ]
 
 

@@ -203,7 +203,18 @@ SELECT extract(epoch FROM (least(
 UPDATE messages SET sms_started_at = now()
 WHERE id = $1 AND fallback_state = 'firing' AND sms_attempts = $2 AND sms_started_at IS NULL
   AND fire_lease_until > now()
+  -- policy.is_success: a chat success that arrived since the firing (say, during a provider outage) means
+  -- the SMS is not needed any more; the loop then records SmsNotNeeded instead of sending.
+  AND NOT (chat_state = 'read' OR (chat_state = 'delivered' AND fallback_rule <> 'unread'))
 RETURNING id;
+
+-- name: lock_unstarted_firing --
+-- $1 id uuid, $2 sms_attempts int. The firing row as lock_messages returns it, if this attempt still owns it
+-- and its SMS is not in flight.
+SELECT id, chat_state, fallback_state, fallback_rule, double_delivered, provider_message_id, channel
+FROM messages
+WHERE id = $1 AND fallback_state = 'firing' AND sms_attempts = $2 AND sms_started_at IS NULL
+FOR UPDATE;
 
 -- name: retry_sms --
 -- $1 id uuid, $2 sms_attempts int (fencing token), $3 delay seconds float8, $4 error text, $5 provider text.
