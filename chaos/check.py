@@ -41,10 +41,17 @@ SELECT id::text, chat_state, fallback_state, fallback_rule, fire_reason, hold_re
        send_attempts, sms_attempts, last_error
 FROM messages
 """
-# The first stored receipt per message and status (the chat ones: success for the rule is judged on them).
+# When each chat status was first *applied* to a message, as a position in its timeline (event ids follow the
+# commit order of one message's row-locked writes). Not `receipts.received_at`: that is the ingest
+# transaction's start, and a receipt racing the timer claim starts before the firing yet commits after it
+# (the claim won the row lock): the daemon could not have known. Only a success applied before the firing
+# is a fallback fired after success.
 RECEIPTS = """
-SELECT message_id::text, lower(status) AS status, min(received_at) AS first_at
-FROM receipts WHERE kind = 'chatapp' AND message_id IS NOT NULL GROUP BY 1, 2
+SELECT message_id::text, lower(detail->>'status') AS status, min(id) AS first_at
+FROM message_events WHERE kind = 'chat_receipt' GROUP BY 1, 2
+"""
+FIRED_EVENTS = """
+SELECT message_id::text, min(id) AS fired_event FROM message_events WHERE kind = 'fallback_fired' GROUP BY 1
 """
 LAST_EVENTS = """
 SELECT message_id::text,
@@ -166,6 +173,7 @@ class _Checker:
         self.chat, self.sms = journal["chat"], journal["sms"]
         self.flagged: dict[str, list[str]] = {}
         self.redriven: set[str] = set()
+        self.fired: dict[str, int] = {}
 
     def flag(self, column: str, message_id: str) -> None:
         setattr(self.rep, column, getattr(self.rep, column) + 1)
@@ -200,7 +208,8 @@ class _Checker:
         if sends and not required:
             statuses = self.receipts.get(message_id, {})
             success = [at for status, at in statuses.items() if status in SUCCESS[r["fallback_rule"]]]
-            if success and r["fired_at"] is not None and min(success) < r["fired_at"]:
+            fired = self.fired.get(message_id)
+            if success and fired is not None and min(success) < fired:
                 self.flag("fired_after_success", message_id)
             else:
                 self.flag("extra_fallbacks", message_id)
@@ -229,6 +238,7 @@ async def check(w: world.World, accepted: load.Accepted, scenario: str) -> Repor
         receipts.setdefault(r["message_id"], {})[r["status"]] = r["first_at"]
     rep = Report(scenario=scenario, messages=len(rows), faults=dict(w.faults), daemon_deaths=len(w.deaths))
     checker = _Checker(rep, journal, receipts)
+    checker.fired = {r["message_id"]: r["fired_event"] for r in await conn.fetch(FIRED_EVENTS)}
     checker.redriven = {r["message_id"] for r in await conn.fetch(REDRIVEN)}
     for message_id in accepted.ids:
         if message_id not in rows:

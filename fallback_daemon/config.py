@@ -117,6 +117,10 @@ class Settings:
     # --- retention (purge of finished rows) ---
     retention_days: float = 30.0  # 0 disables
     retention_batch: int = 1000  # rows per DELETE
+    # --- operator page (/ui) sessions and /metrics access ---
+    ui_session_ttl_s: float = 8 * 3600.0  # a /ui session ends this long after login (or at logout)
+    public_url: str = ""  # the daemon's external URL; https: the /ui cookie is Secure (behind a TLS proxy)
+    metrics_require_token: bool = False  # open by default: Prometheus scrapes over a private network
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -266,6 +270,23 @@ def _mns_queue_name(raw: str) -> str:
     return raw
 
 
+# --- parsers of the /ui and /metrics settings ---
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _public_url(raw: str) -> str:
+    url = yarl.URL(raw)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be the daemon's external http(s):// URL, e.g. https://fallback.example.com")
+    return raw
+
+
 # environment variable -> (Settings field, parser)
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATABASE_URL": ("database_url", _dsn),
@@ -332,6 +353,10 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     # --- retention ---
     "FALLBACK_RETENTION_DAYS": ("retention_days", _float(0, 36500)),
     "FALLBACK_RETENTION_BATCH": ("retention_batch", _int(1, 100000)),
+    # --- operator page sessions, /metrics access ---
+    "FALLBACK_UI_SESSION_TTL_S": ("ui_session_ttl_s", _float(60, 30 * 86400)),
+    "FALLBACK_PUBLIC_URL": ("public_url", _public_url),
+    "FALLBACK_METRICS_REQUIRE_TOKEN": ("metrics_require_token", _bool),
 }
 
 

@@ -123,3 +123,13 @@ CREATE TABLE schema_migrations (
     applied_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT schema_migrations_pkey PRIMARY KEY (version)
 );
+
+CREATE TABLE ui_sessions (
+    id_hash text NOT NULL,
+    token_fp text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT ui_sessions_pkey PRIMARY KEY (id_hash)
+);
+CREATE INDEX ui_sessions_expires ON public.ui_sessions USING btree (expires_at);

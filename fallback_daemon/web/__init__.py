@@ -262,7 +262,14 @@ def create_app(
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text format; database-backed gauges are refreshed on each scrape."""
+    """Prometheus text format; database-backed gauges are refreshed on each scrape.
+
+    Open by default (scrapers on a private network rarely carry a token, and the series hold counts, never
+    phone numbers or message text); `FALLBACK_METRICS_REQUIRE_TOKEN=true` asks for the API bearer token
+    (Prometheus `authorization: {credentials: …}`), checked before the database is touched.
+    """
+    if request.app[keys.SETTINGS].metrics_require_token:
+        api.check_bearer(request)
     await health.refresh_gauges(request.app[keys.SERVICE])
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

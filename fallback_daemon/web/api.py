@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import uuid
@@ -15,6 +14,8 @@ from fallback_daemon.web import keys
 
 MAX_KEY = 255
 UI_COOKIE = "fallback_ui"  # set by /ui/login (web/ui.py)
+# Set by ui.session_middleware on a cookie-bearing GET/HEAD to /v1: whether the cookie names a live session.
+UI_SESSION_OK = web.RequestKey("ui_session_ok", bool)
 
 
 def setup(app: web.Application) -> None:
@@ -23,13 +24,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/messages/{id}", get_message)
 
 
-def ui_session(api_token: str) -> str:
-    """The /ui cookie value: derived from the API token, so the browser never stores the token itself."""
-    return hmac.new(api_token.encode(), b"fallback-daemon-ui-v1", hashlib.sha256).hexdigest()
-
-
 def check_bearer(request: web.Request) -> None:
-    """The bearer token; on GET/HEAD the /ui session cookie counts too (read-only: actions need the token).
+    """The bearer token; on GET/HEAD a live /ui session counts too (read-only: actions need the token).
 
     Compared as bytes in constant time; a header that is not UTF-8 (surrogate-escaped by aiohttp) is refused
     by the error middleware before this runs, and is encoded losslessly here in case it does not.
@@ -37,9 +33,8 @@ def check_bearer(request: web.Request) -> None:
     expected = request.app[keys.SETTINGS].api_token.reveal()
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if not header and request.method in ("GET", "HEAD") and expected and UI_COOKIE in request.cookies:
-        scheme, token = "bearer", request.cookies[UI_COOKIE]
-        expected = ui_session(expected)
+    if not header and request.method in ("GET", "HEAD") and expected and request.get(UI_SESSION_OK):
+        return  # a live /ui session (web/ui.py: server-side, expiring, revoked by logout)
     if (
         not expected
         or scheme.lower() != "bearer"
