@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from fallback_daemon import model, policy, sql
@@ -25,6 +26,13 @@ class Attempts(Outcomes):
     async def mark_send_started(self, message_id: uuid.UUID, attempt: int) -> bool:
         """Record that the request is about to be written; False: the claim was lost, do not send."""
         return await self.db.fetchval(Q["mark_send_started"], message_id, attempt) is not None
+
+    async def mark_sends_started(self, sends: Sequence[model.ClaimedSend]) -> set[uuid.UUID]:
+        """mark_send_started for a whole claim (one round trip); returns the ids marked."""
+        if not sends:
+            return set()
+        rows = await self.db.fetch(Q["mark_sends_started"], [s.id for s in sends], [s.attempt for s in sends])
+        return {r["id"] for r in rows}
 
     async def retry_send(
         self, message_id: uuid.UUID, delay_s: float, error: str, attempt: int | None = None

@@ -68,8 +68,9 @@ async def test_claim_fence_and_requeue(h: Any) -> None:
     assert await h.s.recover_sends(10) == (1, 0)
     [c2] = await h.s.claim_sends(10, 60)
     assert c2.attempt == 2
+    assert await h.s.mark_sends_started([c1]) == set(), "the first claim lost its fencing token"
     assert not await h.s.mark_send_started(mid, 1)
-    assert await h.s.mark_send_started(mid, 2)
+    assert await h.s.mark_sends_started([c2]) == {mid}
     await h.expire()
     assert await h.s.recover_sends(10) == (0, 1)
     assert await h.state(mid) == ("unknown", "armed", None)

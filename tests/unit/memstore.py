@@ -149,6 +149,9 @@ class MemoryStore:
             return True
         return False
 
+    async def mark_sends_started(self, sends: Sequence[model.ClaimedSend]) -> set[uuid.UUID]:
+        return {s.id for s in sends if await self.mark_send_started(s.id, s.attempt)}
+
     async def retry_send(
         self, message_id: uuid.UUID, delay_s: float, error: str, attempt: int | None = None
     ) -> None:

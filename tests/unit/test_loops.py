@@ -156,17 +156,34 @@ async def test_sender_marks_in_flight_before_the_call_and_records_the_id() -> No
     assert (row.provider_id, chat.received) == ("cams-1", [str(row.id)])
 
 
+async def test_sender_marks_the_claim_before_reserving_its_slots() -> None:
+    """The in-flight marks are one write before the slots are reserved, so they never make a call late."""
+    store = MemoryStore()
+    rows = [store.add() for _ in range(3)]
+    limiter = Limiter()
+    marked_at_reserve: list[list[float | None]] = []
+    real = limiter.reserve
+
+    async def spy(count: int) -> list[float]:
+        marked_at_reserve.append([r.send_started_at for r in rows])
+        return await real(count)
+
+    limiter.reserve = spy  # type: ignore[method-assign]
+    loop = loops.SenderLoop(store, Chat(), limiter, concurrency=4, max_attempts=3, lease_s=60.0, poll_s=0.001)
+    async with running(lambda stop: loop.run(stop, 1.0)):
+        await until(lambda: all(r.chat is C.SENT for r in rows), "all three to be sent")
+    assert marked_at_reserve[0] == [0.0, 0.0, 0.0]
+
+
 async def test_sender_does_not_call_when_the_claim_was_lost() -> None:
+    """A claim swept (lease expired) before its mark is not sent by the old claimer."""
     store = MemoryStore()
     row = store.add()
-    chat = Chat()
-    loop = sender(store, chat)
     [claimed] = await store.claim_sends(10, 60)
     store.clock.advance(61)  # the lease ran out; the sweep hands it back and another claim takes it
     await store.recover_sends(10)
     await store.claim_sends(10, 60)
-    await loop._send(claimed, 0.0)
-    assert chat.received == []
+    assert await store.mark_sends_started([claimed]) == set()
     assert row.send_attempts == 2
 
 

@@ -59,6 +59,18 @@ UPDATE messages SET send_started_at = now()
 WHERE id = $1 AND chat_state = 'sending' AND send_attempts = $2 AND send_lease_until > now()
 RETURNING id;
 
+-- name: mark_sends_started --
+-- $1 ids uuid[], $2 send_attempts int[] (fencing tokens). mark_send_started for a whole claim in one round trip,
+-- written before the batch reserves its send slots (so the write never makes a call miss its slot). Locks in
+-- id order, like every bulk write. Returns the ids marked.
+WITH l AS (
+    SELECT m.id FROM messages m JOIN unnest($1::uuid[], $2::int[]) AS u(id, attempt) ON m.id = u.id
+    WHERE m.chat_state = 'sending' AND m.send_attempts = u.attempt AND m.send_lease_until > now()
+    ORDER BY m.id FOR UPDATE OF m
+)
+UPDATE messages m SET send_started_at = now() FROM l WHERE m.id = l.id
+RETURNING m.id;
+
 -- name: retry_send --
 -- $1 id uuid, $2 delay seconds float8, $3 error text, $4 send_attempts int (fencing token; NULL: any)
 WITH u AS (
