@@ -32,6 +32,9 @@ class PgHarness:
             "THEN NULL ELSE now() END, due_at = CASE WHEN due_at IS NULL THEN NULL ELSE now() END"
         )
 
+    async def double(self, mid: uuid.UUID) -> bool:
+        return bool(await self.db.fetchval("SELECT double_delivered FROM messages WHERE id = $1", mid))
+
     async def state(self, mid: uuid.UUID) -> tuple[str, str, str | None]:
         v = await self.s.get_message(mid)
         assert v is not None
@@ -47,6 +50,9 @@ class MemHarness:
 
     async def expire(self) -> None:
         self.s.clock.advance(10_000)
+
+    async def double(self, mid: uuid.UUID) -> bool:
+        return self.s.rows[mid].double_delivered
 
     async def state(self, mid: uuid.UUID) -> tuple[str, str, str | None]:
         r = self.s.rows[mid]
@@ -130,3 +136,4 @@ async def test_a_success_since_the_firing_makes_the_sms_not_needed(h: Any) -> No
     assert not await h.s.sms_not_needed(mid, f.attempt + 1), "another attempt's claim is not touched"
     assert await h.s.sms_not_needed(mid, f.attempt)
     assert (await h.state(mid))[:2] == ("read", "cancelled")
+    assert not await h.double(mid), "no SMS went out: not a double delivery"

@@ -99,7 +99,7 @@ class MemoryStore:
             decisions.append(d)
             before = r.chat
             r.chat, r.fallback = d.chat, d.fallback
-            r.double_delivered = r.double_delivered or d.double_delivered
+            r.double_delivered = (r.double_delivered or d.double_delivered) and r.fallback is not F.CANCELLED
             r.provider_id = r.provider_id or o.provider_message_id
             r.sms_id = r.sms_id or o.sms_provider_id
             r.last_error = o.error or r.last_error

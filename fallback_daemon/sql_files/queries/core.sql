@@ -110,7 +110,8 @@ SET chat_state = u.chat,
                   WHEN u.fallback <> 'armed' THEN NULL
                   ELSE m.due_at END,
     fire_reason = coalesce(u.fire, m.fire_reason),
-    double_delivered = m.double_delivered OR u.dbl,
+    -- cancelled = no SMS ever went out (SmsNotNeeded after a success during the retries): not a double delivery
+    double_delivered = CASE WHEN u.fallback = 'cancelled' THEN false ELSE m.double_delivered OR u.dbl END,
     provider_message_id = coalesce(u.pid, m.provider_message_id),
     sms_provider_id = coalesce(u.spid, m.sms_provider_id),
     sent_at = CASE WHEN u.pid IS NOT NULL THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
