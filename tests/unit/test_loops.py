@@ -238,10 +238,17 @@ async def test_timer_holds_the_fallback_when_the_window_is_exhausted() -> None:
     sms = Sms(*["refused"] * 50)
     async with running(lambda stop: timer(store, sms, retry_window_s=100.0).run(stop, 1.0)):
         await until(lambda: row.fallback is not F.ARMED, "the fallback to fire")
+        attempts = 0
         while row.fallback is F.FIRING:
-            await until(lambda: row.fallback is not F.FIRING or row.sms_started_at is None, "an attempt")
+            attempts += 1
+            # Attempt n is recorded as the n-th retry (or ends the window); only then does the next fall due.
+            await until(
+                lambda n=attempts: (
+                    row.fallback is not F.FIRING or store.kinds(row.id).count("sms_retry") >= n
+                ),
+                f"the outcome of attempt {attempts}",
+            )
             store.clock.advance(61)
-            await asyncio.sleep(0.005)
     assert (row.fallback, row.hold_reason) == (F.HELD, "sms_retries_exhausted")
     assert sms.received == []
     assert sms.calls <= 4, "no attempt was made past the window"
@@ -328,8 +335,19 @@ async def test_recovery_survives_the_database_going_away() -> None:
     store = MemoryStore()
     store.down = True
     recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False, interval_s=0.001)
-    async with running(recovery.run):
-        await asyncio.sleep(0.01)  # several sweeps meet StoreError; none ends the loop
+    sweeps = 0
+    real = store.recover_sends
+
+    async def counted(limit: int) -> tuple[int, int]:
+        nonlocal sweeps
+        sweeps += 1
+        return await real(limit)
+
+    store.recover_sends = counted  # type: ignore[method-assign]
+    async with running(recovery.run) as stop:
+        await until(lambda: sweeps >= 3, "three sweeps, each meeting StoreError")
+        assert not stop.is_set()
+    assert sweeps >= 3, "the loop kept sweeping: none of the errors ended it"
 
 
 async def test_writer_applies_batches_in_order() -> None:
