@@ -254,8 +254,8 @@ async def test_token_refresh_before_and_after_expiry(
         assert creds.fetched >= 3
         assert sb.stats()["mns_token_denials"] == 0
         assert creds.fetched == sb.stats()["mns_tokens_issued"]
-        # A token fetched now is valid for the whole ttl (whole seconds) whatever the loop's last poll left:
-        # the current one may have lapsed inside that poll, which is the consumer's business, not this check's.
+        # A token fetched now is valid for its whole ttl whatever the loop's last poll left: the current one
+        # may have lapsed inside that poll, which is the consumer's business, not this check's.
         await creds.refresh(await creds.get())
         issued = sb.stats()["mns_tokens_issued"]
         # The fresh one is valid (so is any predecessor still inside its ttl, as tokens are replaced at 80 %
