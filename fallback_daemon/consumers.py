@@ -12,8 +12,9 @@ import contextlib
 
 import structlog
 
-from fallback_daemon import errors, model, ports, receipts, service
-from fallback_daemon.loops import backoff
+from fallback_daemon import errors, model, ports, receipts
+from fallback_daemon.ingest import IngestResult
+from fallback_daemon.loops import backoff, sleep_or_stop
 
 log = structlog.get_logger("fallback_daemon.consumers")
 
@@ -38,18 +39,18 @@ def parse_batch(
 
 
 class QueueConsumer:
-    """`pollers` concurrent long-poll loops over one queue."""
+    """`pollers` concurrent long-poll loops over one queue, handing each batch to `sink` (the service)."""
 
     def __init__(
         self,
         queue: ports.ReceiptQueue,
-        svc: service.Service,
+        sink: ports.ReceiptSink,
         *,
         pollers: int = 2,
         batch: int = 16,
         wait_s: int = 10,
     ) -> None:
-        self.queue, self.svc = queue, svc
+        self.queue, self.sink = queue, sink
         self.pollers, self.batch, self.wait_s = pollers, batch, wait_s
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -66,10 +67,9 @@ class QueueConsumer:
             except (errors.TransientError, errors.StoreError, errors.PermanentError) as exc:
                 failures += 1
                 log.warning("queue_poll_failed", queue=self.queue.name, error=str(exc), failures=failures)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff(failures, cap=30.0))
+                await sleep_or_stop(stop, backoff(failures, cap=30.0))
 
-    async def poll_once(self, stop: asyncio.Event | None = None) -> service.IngestResult | None:
+    async def poll_once(self, stop: asyncio.Event | None = None) -> IngestResult | None:
         """Receive one batch, commit it, then delete it. Returns None when the queue was empty.
 
         A stop request cancels a long poll in progress (nothing was received, nothing is lost) but never
@@ -90,7 +90,7 @@ class QueueConsumer:
             return None
         chat, sms, dead = parse_batch(self.queue.kind, messages)
         # Raises StoreError when Postgres is down: nothing is deleted, the queue redelivers.
-        result = await self.svc.ingest_queue_batch(
+        result = await self.sink.ingest_queue_batch(
             self.queue.kind, self.queue.source, self.queue.name, chat, sms, dead
         )
         await self.queue.delete([m.handle for m in messages])

@@ -66,13 +66,6 @@ FIRED_STATES = frozenset(
 )
 
 
-def check_aware(value: dt.datetime) -> dt.datetime:
-    """Reject naive datetimes: every time in the daemon is timezone-aware UTC."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime")
-    return value
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SendRequest:
     """A validated POST /v1/messages body.
@@ -90,6 +83,7 @@ class SendRequest:
     fallback_content: str | None
     template_params: Mapping[str, str]
     client_task_id: str | None
+    urgent: bool = False  # FallBackUrgent: the fallback SMS may go out inside quiet hours (guards.py)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

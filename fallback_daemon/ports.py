@@ -6,11 +6,14 @@ import asyncio
 import dataclasses
 import enum
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fallback_daemon import model
+
+if TYPE_CHECKING:
+    from fallback_daemon.ingest import IngestResult
 
 
 class LookupResult(enum.StrEnum):
@@ -172,3 +175,75 @@ class EngineStore(Protocol):
     async def reconcile_context(self, message_id: uuid.UUID, since: datetime) -> tuple[list[str], int]: ...
 
     async def reconcile_later(self, message_id: uuid.UUID, delay_s: float | None, detail: str) -> None: ...
+
+
+class FeedClock:
+    """When this process last saw a receipt per channel (Unix seconds): written by ingest, read by the gate.
+
+    One instance is made by the composition root (app.py) and handed to both sides, so the gate does not
+    reach into the service for it. Times only move forward: a late batch cannot make a feed look older.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def seen(self, channels: Iterable[str], at: float) -> None:
+        for channel in channels:
+            self._last[channel] = max(at, self._last.get(channel, at))
+
+    def last(self, channel: str) -> float | None:
+        return self._last.get(channel)
+
+    def snapshot(self) -> dict[str, float]:
+        """Every channel seen so far -> its last receipt time (a copy)."""
+        return dict(self._last)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FeedStatus:
+    """One channel as the gate sees it; times are Unix seconds from the store's clock."""
+
+    channel: str
+    now: float
+    last_receipt: float | None  # the latest receipt any replica recorded for the channel
+    earliest_unanswered: float | None  # the earliest send on the channel with no receipt since
+    gate_closed: bool  # as last recorded
+
+
+class GateStore(Protocol):
+    """The receipt-feed health gate's database (health.PgGateStore; tests/unit/memstore.py in memory)."""
+
+    async def record_receipts(self, seen: Mapping[str, float]) -> None:
+        """Merge this replica's last receipt times (channel -> Unix seconds) into the shared ones."""
+        ...
+
+    async def feed_status(self, channels: Sequence[str]) -> list[FeedStatus]: ...
+
+    async def set_gate(self, channel: str, closed: bool) -> None: ...
+
+
+class RetentionStore(Protocol):
+    """The retention loop's database (retention.PgRetentionStore)."""
+
+    async def purge(self, what: str, window_s: float, batch: int) -> int:
+        """Delete up to `batch` rows of kind `what` finished longer than `window_s` ago; how many went."""
+        ...
+
+
+class ReceiptSink(Protocol):
+    """Where a queue consumer hands a pulled batch (`service.Service`): one transaction per batch."""
+
+    async def ingest_queue_batch(
+        self,
+        kind: model.ReceiptKind,
+        source: str,
+        queue: str,
+        chat: Sequence[model.ChatReceipt],
+        sms: Sequence[model.SmsReceipt],
+        dead: Sequence[tuple[str, str, str]],
+    ) -> IngestResult:
+        """Apply the receipts and store the dead letters (queue message id, body, error), then commit.
+
+        Raises errors.StoreError when nothing was committed (the consumer then deletes nothing).
+        """
+        ...

@@ -9,20 +9,31 @@ SKIP LOCKED hands each batch to one of them. SQL in sql/queries/retention.sql.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
-from fallback_daemon import errors, sql, store
+from fallback_daemon import errors, ports, sql, store
+from fallback_daemon.loops import sleep_or_stop
 
 log = structlog.get_logger("fallback_daemon.retention")
 Q = sql.queries
 PURGES = ("purge_messages", "purge_parked_receipts", "purge_dead_letters")
 
 
+class PgRetentionStore:
+    """`ports.RetentionStore` over Postgres: `what` names one of the `PURGES` queries."""
+
+    def __init__(self, db: store.Store) -> None:
+        self.db = db
+
+    async def purge(self, what: str, window_s: float, batch: int) -> int:
+        return len(await self.db.fetch(Q[what], window_s, batch))
+
+
 class RetentionLoop:
     """Sweeps every `interval_s`; each sweep deletes in batches until nothing older than the window is left.
 
+    :param purger: the database side (`PgRetentionStore`; an in-memory one in the unit tests).
     :param days: the retention window (rows finished longer ago than this are purged); must be > 0.
     :param batch: rows per statement.
     :param pause_s: pause between two batches (keeps the sweep a background trickle).
@@ -30,11 +41,17 @@ class RetentionLoop:
     """
 
     def __init__(
-        self, db: store.Store, *, days: float, batch: int, pause_s: float = 0.1, interval_s: float = 600.0
+        self,
+        purger: ports.RetentionStore,
+        *,
+        days: float,
+        batch: int,
+        pause_s: float = 0.1,
+        interval_s: float = 600.0,
     ) -> None:
         if days <= 0:
             raise ValueError("retention days must be > 0 (0 disables the loop: do not start it)")
-        self.db = db
+        self.purger = purger
         self.window_s = days * 86_400.0
         self.batch = batch
         self.pause_s = pause_s
@@ -46,27 +63,19 @@ class RetentionLoop:
                 await self.sweep(stop)
             except errors.StoreError as exc:
                 log.warning("retention_failed", error=str(exc))
-            await _sleep(stop, self.interval_s)
+            await sleep_or_stop(stop, self.interval_s)
 
     async def sweep(self, stop: asyncio.Event | None = None) -> dict[str, int]:
-        """One sweep; returns how many rows each purge deleted."""
+        """One sweep (ended early when `stop` is set); returns how many rows each purge deleted."""
+        stop = stop if stop is not None else asyncio.Event()
         purged = dict.fromkeys(PURGES, 0)
         for name in PURGES:
-            while stop is None or not stop.is_set():
-                deleted = len(await self.db.fetch(Q[name], self.window_s, self.batch))
+            while not stop.is_set():
+                deleted = await self.purger.purge(name, self.window_s, self.batch)
                 purged[name] += deleted
                 if deleted < self.batch:
                     break
-                await _sleep(stop, self.pause_s)
+                await sleep_or_stop(stop, self.pause_s)
         if any(purged.values()):
             log.info("retention_purged", window_days=self.window_s / 86_400, **purged)
         return purged
-
-
-async def _sleep(stop: asyncio.Event | None, seconds: float) -> None:
-    """Sleep `seconds`, or less if `stop` is set."""
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

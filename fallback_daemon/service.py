@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fallback_daemon import store
+from fallback_daemon import ports, store
 from fallback_daemon.accept import NOTIFY_EVERY_S, Accept, Accepted, fill_template
 from fallback_daemon.attempts import Attempts
 from fallback_daemon.ingest import Ingest, IngestResult
@@ -34,6 +34,7 @@ class Service(Accept, Ingest, Attempts, Views):
         sms_template: str | None = None,
         timer_scale: float = 1.0,
         reconcile_delay_s: float = 60.0,
+        feed: ports.FeedClock | None = None,
     ) -> None:
         self.db = db
         self.reconcile_delay_s = (
@@ -41,8 +42,6 @@ class Service(Accept, Ingest, Attempts, Views):
         )
         self.sms_template = sms_template
         self.timer_scale = timer_scale
-        self.last_receipt: dict[
-            str, float
-        ] = {}  # channel -> unix time, flushed to feed_health by the gate loop
+        self.feed = feed if feed is not None else ports.FeedClock()  # receipts seen; the gate flushes it
         self._notified_at = -1.0  # monotonic time of the last "new messages" NOTIFY sent by accept
         self._trailing: asyncio.Task[None] | None = None

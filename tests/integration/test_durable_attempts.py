@@ -7,17 +7,16 @@ retry backoff is capped at a few milliseconds and the tests wait for conditions 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import pytest
 
 from fallback_daemon import errors, loops, ports, ratelimit, service, store
+from tests.fakes import ScriptedChat, ScriptedSms
 from tests.integration.test_service import accept_and_send, make_due, req
 
 WAIT_S = 20.0  # how long a condition may take before the test fails (a hang guard, not a speed target)
@@ -34,73 +33,6 @@ async def until(check: Callable[[], Awaitable[Any]], what: str) -> Any:
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         await asyncio.sleep(0.01)
-
-
-class ScriptedSms:
-    """An SMS gateway whose answers are scripted per call; it records every request that 'went out'."""
-
-    name = "scripted"
-
-    def __init__(self, script: list[str], lookups: list[ports.Lookup] | None = None) -> None:
-        self.script = collections.deque(script)  # "refused" | "ambiguous" | "rejected" | "ok"
-        self.lookups = collections.deque(lookups or [])
-        self.delivered: list[str] = []  # fallback ids the provider really received
-        self.calls = 0
-        self.lookup_calls = 0
-
-    def route(self, *, to: str, channel: str) -> ScriptedSms:
-        return self
-
-    async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
-        self.calls += 1
-        answer = self.script.popleft() if self.script else "ok"
-        if answer == "refused":
-            raise errors.TransientError("connect failed: connection refused")
-        if answer == "throttled":
-            raise errors.Throttled("Throttling.User", code="Throttling.User", retry_after_s=0.001)
-        if answer == "rejected":
-            raise errors.PermanentError("isv.MOBILE_NUMBER_ILLEGAL")
-        if answer == "lost":  # the connection died while the request was being written: nothing arrived
-            raise errors.AmbiguousError("connection reset while writing")
-        self.delivered.append(fallback_id)
-        if answer == "ambiguous":
-            raise errors.AmbiguousError("no answer after sending")
-        return f"sms-{len(self.delivered)}"
-
-    async def lookup(self, *, fallback_id: str, to: str, since: datetime, until: datetime) -> ports.Lookup:
-        self.lookup_calls += 1
-        return self.lookups.popleft() if self.lookups else ports.Lookup(result=ports.LookupResult.UNKNOWN)
-
-
-class ScriptedChat:
-    """A ChatApi whose send answers and lookups are scripted."""
-
-    def __init__(self, script: list[str], lookups: list[ports.Lookup] | None = None) -> None:
-        self.script = collections.deque(script)
-        self.lookups = collections.deque(lookups or [])
-        self.received: list[str] = []
-        self.excluded: list[Collection[str]] = []
-
-    async def send(self, *, task_id: str, params: Mapping[str, str]) -> str:
-        answer = self.script.popleft() if self.script else "ok"
-        if answer == "refused":
-            raise errors.TransientError("connect failed")
-        self.received.append(task_id)
-        if answer == "ambiguous":
-            raise errors.AmbiguousError("timeout after the request was written")
-        return f"cams-{len(self.received)}"
-
-    async def lookup(
-        self,
-        *,
-        task_id: str,
-        params: Mapping[str, str],
-        since: datetime,
-        until: datetime,
-        exclude_ids: Collection[str] = (),
-    ) -> ports.Lookup:
-        self.excluded.append(exclude_ids)
-        return self.lookups.popleft() if self.lookups else ports.Lookup(result=ports.LookupResult.UNKNOWN)
 
 
 @contextlib.asynccontextmanager
@@ -140,13 +72,13 @@ async def test_sms_provider_outage_is_ridden_out_through_the_database(
     """Refused connections and throttling retry through the database until the SMS goes out, exactly once."""
     mid = await accept_and_send(svc, "P1")
     await make_due(db, mid)
-    sms = ScriptedSms(["refused"] * 6 + ["throttled"] + ["ok"])
+    sms = ScriptedSms(*["refused"] * 6, "throttled", "ok")
     timer = timer_loop(svc, sms)
     async with running(lambda stop: timer.run(stop, 1.0)):
         view = await until(
             lambda: _if_state(svc, mid, "sms_sent"), "the SMS to go out after the provider came back"
         )
-    assert sms.delivered == [str(mid)]
+    assert sms.received == [str(mid)]
     kinds = [e["kind"] for e in view["events"]]
     assert kinds.count("sms_retry") == 7
     assert await db.fetchval("SELECT sms_attempts FROM messages WHERE id = $1", mid) == 8
@@ -156,12 +88,12 @@ async def test_exhausted_retry_window_is_held_for_an_operator(svc: service.Servi
     """When the window runs out the fallback is held as sms_retries_exhausted, not silently sms_failed."""
     mid = await accept_and_send(svc, "P2")
     await make_due(db, mid)
-    sms = ScriptedSms(["refused"] * 1000)
+    sms = ScriptedSms(*["refused"] * 1000)
     timer = timer_loop(svc, sms, sms_max_attempts=3)
     async with running(lambda stop: timer.run(stop, 1.0)):
         view = await until(lambda: _if_state(svc, mid, "held"), "the fallback to be held")
     assert view["hold_reason"] == "sms_retries_exhausted"
-    assert sms.delivered == []
+    assert sms.received == []
     assert sms.calls == 3
 
 
@@ -169,7 +101,7 @@ async def test_permanent_refusal_is_final(svc: service.Service, db: store.Store)
     """A permanent answer ends the fallback as sms_failed at once (no retries)."""
     mid = await accept_and_send(svc, "P3")
     await make_due(db, mid)
-    sms = ScriptedSms(["rejected"])
+    sms = ScriptedSms("rejected")
     timer = timer_loop(svc, sms)
     async with running(lambda stop: timer.run(stop, 1.0)):
         await until(lambda: _if_state(svc, mid, "sms_failed"), "the fallback to fail")
@@ -183,7 +115,7 @@ async def test_lost_sms_answer_is_recorded_then_reconciled_as_found(
     mid = await accept_and_send(svc, "P4")
     await make_due(db, mid)
     found = ports.Lookup(result=ports.LookupResult.FOUND, provider_id="biz-77", detail="OutId matches")
-    sms = ScriptedSms(["ambiguous"], lookups=[found])
+    sms = ScriptedSms("ambiguous", lookups=[found])
     timer = timer_loop(svc, sms)
     recovery = loops.RecoveryLoop(svc, timer, resend=False, interval_s=0.02)
     async with running(lambda stop: timer.run(stop, 1.0)):
@@ -192,7 +124,7 @@ async def test_lost_sms_answer_is_recorded_then_reconciled_as_found(
     await recovery.sweep()
     view = await fallback(svc, mid)
     assert (view["fallback_state"], view["sms_id"]) == ("sms_sent", "biz-77")
-    assert sms.delivered == [str(mid)], "found: never sent a second time"
+    assert sms.received == [str(mid)], "found: never sent a second time"
 
 
 async def test_lost_sms_answer_reconciled_as_absent_is_sent_again(
@@ -202,7 +134,7 @@ async def test_lost_sms_answer_reconciled_as_absent_is_sent_again(
     mid = await accept_and_send(svc, "P5")
     await make_due(db, mid)
     absent = ports.Lookup(result=ports.LookupResult.ABSENT, detail="no row with OutId")
-    sms = ScriptedSms(["lost"], lookups=[absent])
+    sms = ScriptedSms("lost", lookups=[absent])
     timer = timer_loop(svc, sms)
     recovery = loops.RecoveryLoop(svc, timer, resend=False, interval_s=0.02)
     async with running(lambda stop: timer.run(stop, 1.0)):
@@ -212,7 +144,7 @@ async def test_lost_sms_answer_reconciled_as_absent_is_sent_again(
         )
         await recovery.sweep()
         await until(lambda: _if_state(svc, mid, "sms_sent"), "the SMS to be sent again")
-    assert sms.delivered == [str(mid)]
+    assert sms.received == [str(mid)]
     assert sms.lookup_calls == 1
 
 
@@ -220,7 +152,7 @@ async def test_undecidable_sms_is_parked_as_sms_unknown(svc: service.Service, db
     """No query can tell (e.g. SNS): park mode holds it as sms_unknown (at-most-once)."""
     mid = await accept_and_send(svc, "P6")
     await make_due(db, mid)
-    sms = ScriptedSms(["ambiguous"])
+    sms = ScriptedSms("ambiguous")
     timer = timer_loop(svc, sms)
     recovery = loops.RecoveryLoop(svc, timer, resend=False, interval_s=0.02)
     async with running(lambda stop: timer.run(stop, 1.0)):
@@ -241,13 +173,13 @@ async def test_ambiguous_chat_send_reconciled_found_is_sent(svc: service.Service
     svc.reconcile_delay_s = 0.0
     [a] = await svc.accept([req()], [None])
     chat = ScriptedChat(
-        ["ambiguous"],
+        "ambiguous",
         lookups=[ports.Lookup(result=ports.LookupResult.FOUND, provider_id="cams-found", status="Sent")],
     )
     sender = await _sender(svc, db, chat)
     async with running(lambda stop: sender.run(stop, 1.0)):
         await until(lambda: _if_chat(svc, a.id, "unknown"), "the send to be unknown")
-    recovery = loops.RecoveryLoop(svc, timer_loop(svc, ScriptedSms([])), resend=False, chat=chat)
+    recovery = loops.RecoveryLoop(svc, timer_loop(svc, ScriptedSms()), resend=False, chat=chat)
     await recovery.sweep()
     view = await fallback(svc, a.id)
     assert (view["chat_state"], view["provider_message_id"]) == ("sent", "cams-found")
@@ -260,9 +192,9 @@ async def test_ambiguous_chat_send_reconciled_absent_is_sent_again(
     """The provider proves the send never arrived: back to accepted and out again (no unknown left)."""
     svc.reconcile_delay_s = 0.0
     [a] = await svc.accept([req()], [None])
-    chat = ScriptedChat(["ambiguous"], lookups=[ports.Lookup(result=ports.LookupResult.ABSENT)])
+    chat = ScriptedChat("ambiguous", lookups=[ports.Lookup(result=ports.LookupResult.ABSENT)])
     sender = await _sender(svc, db, chat)
-    recovery = loops.RecoveryLoop(svc, timer_loop(svc, ScriptedSms([])), resend=False, chat=chat)
+    recovery = loops.RecoveryLoop(svc, timer_loop(svc, ScriptedSms()), resend=False, chat=chat)
     async with running(lambda stop: sender.run(stop, 1.0)):
         await until(lambda: _if_chat(svc, a.id, "unknown"), "the send to be unknown")
         await recovery.sweep()
@@ -278,9 +210,9 @@ async def test_undecided_chat_lookups_back_off_then_give_up(svc: service.Service
     [row] = await svc.claim_sends(10, 60)
     assert await svc.mark_send_started(a.id, row.attempt)
     await db.execute("UPDATE messages SET send_lease_until = now() - interval '1 second'")
-    chat = ScriptedChat([])
+    chat = ScriptedChat()
     recovery = loops.RecoveryLoop(
-        svc, timer_loop(svc, ScriptedSms([])), resend=False, chat=chat, reconcile_max_attempts=2
+        svc, timer_loop(svc, ScriptedSms()), resend=False, chat=chat, reconcile_max_attempts=2
     )
     for _ in range(3):
         await recovery.sweep()
@@ -301,8 +233,8 @@ async def test_other_ambiguous_send_to_the_same_number_makes_the_lookup_undecida
     for row in await svc.claim_sends(10, 60):
         assert await svc.mark_send_started(row.id, row.attempt)
     await db.execute("UPDATE messages SET send_lease_until = now() - interval '1 second'")
-    chat = ScriptedChat([], lookups=[ports.Lookup(result=ports.LookupResult.FOUND, provider_id="x")] * 2)
-    recovery = loops.RecoveryLoop(svc, timer_loop(svc, ScriptedSms([])), resend=False, chat=chat)
+    chat = ScriptedChat(lookups=[ports.Lookup(result=ports.LookupResult.FOUND, provider_id="x")] * 2)
+    recovery = loops.RecoveryLoop(svc, timer_loop(svc, ScriptedSms()), resend=False, chat=chat)
     await recovery.sweep()
     for a in accepted:
         assert (await fallback(svc, a.id))["chat_state"] == "unknown"

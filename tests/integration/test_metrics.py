@@ -152,7 +152,9 @@ class TestStaleWorkGauges:
         including a configured one the built-in list does not name."""
         metrics.feed_silent.clear()  # process-global: start from no series at all
         metrics.feed_unanswered.clear()
-        gate = health.GateLoop(svc, window_s=600, per_channel={"line": 300.0})
+        gate = health.GateLoop(
+            health.PgGateStore(svc.db), feed=svc.feed, window_s=600, per_channel={"line": 300.0}
+        )
         await gate.check_once()
         for channel in (*health.CHANNELS, "line"):
             assert REGISTRY.get_sample_value("fallback_feed_silent_seconds", {"channel": channel}) is not None
@@ -165,7 +167,7 @@ class TestStaleWorkGauges:
         it."""
         mid = await accept_and_send(svc, "U1")
         await db.execute("UPDATE messages SET sent_at = now() - interval '200 seconds' WHERE id = $1", mid)
-        gate = health.GateLoop(svc, window_s=600)
+        gate = health.GateLoop(health.PgGateStore(svc.db), feed=svc.feed, window_s=600)
         await gate.check_once()
         assert value("fallback_feed_unanswered_seconds", channel="whatsapp") >= 200
         await svc.ingest_chat([chat_receipt("U1", "Delivered", str(mid))], "http")
@@ -205,7 +207,7 @@ class TestStaleWorkGauges:
     async def test_gate_closed_gauge(self, svc: service.Service, db: store.Store) -> None:
         """A send unanswered for longer than the window closes the gate: fallback_feed_gate_closed 1."""
         mid = await accept_and_send(svc, "G1")
-        gate = health.GateLoop(svc, window_s=60)
+        gate = health.GateLoop(health.PgGateStore(svc.db), feed=svc.feed, window_s=60)
         await gate.check_once()
         assert value("fallback_feed_gate_closed", channel="whatsapp") == 0
         await db.execute("UPDATE messages SET sent_at = now() - interval '120 seconds' WHERE id = $1", mid)

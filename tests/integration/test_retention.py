@@ -71,7 +71,9 @@ async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: s
             " ('mns', 'q', 'chatapp', 'y', 'e', now() - $1::interval, NULL)",
             AGE,
         )
-        purged = await retention.RetentionLoop(db, days=30, batch=2, pause_s=0).sweep()
+        purged = await retention.RetentionLoop(
+            retention.PgRetentionStore(db), days=30, batch=2, pause_s=0
+        ).sweep()
         assert purged == {"purge_messages": len(done), "purge_parked_receipts": 1, "purge_dead_letters": 1}
         left = {r["id"] for r in await conn.fetch("SELECT id FROM messages")}
         assert left == set(keep)
@@ -96,7 +98,9 @@ async def test_a_locked_row_is_skipped_not_waited_for(db_dsn: str, db: store.Sto
         tx = holder.transaction()
         await tx.start()
         await holder.execute("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", locked)
-        purged = await asyncio.wait_for(retention.RetentionLoop(db, days=30, batch=10, pause_s=0).sweep(), 10)
+        purged = await asyncio.wait_for(
+            retention.RetentionLoop(retention.PgRetentionStore(db), days=30, batch=10, pause_s=0).sweep(), 10
+        )
         assert purged["purge_messages"] == 1
         assert {r["id"] for r in await conn.fetch("SELECT id FROM messages")} == {locked}
         await tx.rollback()
@@ -117,7 +121,9 @@ async def test_the_running_loop_sweeps_and_sweeps_again(db_dsn: str, db: store.S
     """run() itself purges (no direct sweep() call): a first sweep at start, another after each interval."""
     conn = await asyncpg.connect(db_dsn)
     stop = asyncio.Event()
-    loop = retention.RetentionLoop(db, days=30, batch=10, pause_s=0, interval_s=0.01)
+    loop = retention.RetentionLoop(
+        retention.PgRetentionStore(db), days=30, batch=10, pause_s=0, interval_s=0.01
+    )
     try:
         first = await message(conn, "read", "cancelled")
         recent = await message(conn, "read", "cancelled", old=False)
@@ -138,7 +144,9 @@ async def test_the_loop_stops_when_asked_between_sweeps(db_dsn: str, db: store.S
     """Once a sweep has run, setting `stop` ends run() during its hour-long pause instead of after it."""
     conn = await asyncpg.connect(db_dsn)
     stop = asyncio.Event()
-    loop = retention.RetentionLoop(db, days=30, batch=10, pause_s=0, interval_s=3600)
+    loop = retention.RetentionLoop(
+        retention.PgRetentionStore(db), days=30, batch=10, pause_s=0, interval_s=3600
+    )
     try:
         old = await message(conn, "read", "cancelled")
         task = asyncio.create_task(loop.run(stop))

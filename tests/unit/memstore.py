@@ -1,9 +1,10 @@
-"""An in-memory `ports.EngineStore` with a fake clock, for unit tests of the loops.
+"""An in-memory `ports.EngineStore` with a fake clock, for unit tests of the loops; below it the in-memory
+`ports.GateStore` (`MemoryGate`) and `ports.RetentionStore` (`MemoryRetention`) on the same kind of clock.
 
 It follows the same rules as the Postgres implementation (`service.Service` + sql_files/queries/core.sql):
 state changes of outcomes go through `policy.decide`; claims, in-flight marks, retries and leases are the
-rows' fields below. `tests/unit/test_memstore_contract.py` runs the same scenarios against both stores, so the
-two cannot drift apart unnoticed.
+rows' fields below. `tests/integration/test_store_contract.py` runs the same scenarios against both stores,
+so the two cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fallback_daemon import errors, model, policy, service
+from fallback_daemon import errors, model, policy, ports, service
 from fallback_daemon.model import ChatState as C
 from fallback_daemon.model import FallbackState as F
 
@@ -342,3 +343,88 @@ class MemoryStore:
             r.events.append(
                 ("reconcile_gave_up" if delay_s is None else "reconcile_undecided", {"detail": detail})
             )
+
+
+class MemoryGate:
+    """`ports.GateStore` in memory, following sql_files/queries/core.sql (flush_feed_health, feed_status,
+    set_feed_gate): receipt times only move forward; the earliest unanswered send is the earliest send on
+    the channel after its last receipt. Times are the fake clock's seconds."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.last_receipt: dict[str, float] = {}
+        self.closed: dict[str, bool] = {}
+        self.sends: list[tuple[str, float]] = []  # (channel, sent at)
+        self.gate_writes: list[tuple[str, bool]] = []  # every set_gate call, in order
+        self.down = False
+
+    def sent(self, channel: str = "whatsapp", at: float | None = None) -> None:
+        """Test helper: a chat message went out on `channel` (now, unless `at`)."""
+        self.sends.append((channel, self.clock.now if at is None else at))
+
+    def _check(self) -> float:
+        if self.down:
+            raise errors.StoreError("database error: ConnectionRefusedError")
+        return self.clock.now
+
+    async def record_receipts(self, seen: Mapping[str, float]) -> None:
+        self._check()
+        for channel, at in seen.items():
+            self.last_receipt[channel] = max(at, self.last_receipt.get(channel, at))
+
+    async def feed_status(self, channels: Sequence[str]) -> list[ports.FeedStatus]:
+        now = self._check()
+        out = []
+        for channel in channels:
+            last = self.last_receipt.get(channel)
+            unanswered = [t for c, t in self.sends if c == channel and (last is None or t > last)]
+            out.append(
+                ports.FeedStatus(
+                    channel=channel,
+                    now=now,
+                    last_receipt=last,
+                    earliest_unanswered=min(unanswered, default=None),
+                    gate_closed=self.closed.get(channel, False),
+                )
+            )
+        return out
+
+    async def set_gate(self, channel: str, closed: bool) -> None:
+        self._check()
+        self.gate_writes.append((channel, closed))
+        self.closed[channel] = closed
+
+
+class MemoryRetention:
+    """`ports.RetentionStore` in memory: per purge kind, the times its rows finished (fake clock seconds).
+    A purge deletes the oldest rows finished longer than the window ago, at most `batch` of them.
+
+    `on_purge`, when set, is called after each purge (e.g. to set a stop event mid-sweep); the next
+    `failures` purges raise StoreError (the database is away).
+    """
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.finished: dict[str, list[float]] = {}
+        self.calls: list[tuple[str, int]] = []  # (kind, rows deleted) per purge call
+        self.on_purge: Callable[[], None] | None = None
+        self.failures = 0
+
+    def add(self, what: str, n: int, *, finished_at: float) -> None:
+        self.finished.setdefault(what, []).extend([finished_at] * n)
+
+    def left(self, what: str) -> int:
+        return len(self.finished.get(what, []))
+
+    async def purge(self, what: str, window_s: float, batch: int) -> int:
+        await asyncio.sleep(0)  # a real query yields: a loop meeting only errors must not starve the others
+        if self.failures > 0:
+            self.failures -= 1
+            raise errors.StoreError("database error: ConnectionRefusedError")
+        rows = sorted(self.finished.get(what, []))
+        old = [t for t in rows if t < self.clock.now - window_s][:batch]
+        self.finished[what] = rows[len(old) :]
+        self.calls.append((what, len(old)))
+        if self.on_purge is not None:
+            self.on_purge()
+        return len(old)

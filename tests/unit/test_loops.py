@@ -6,19 +6,18 @@ The store's clock is fake: leases expire and retries fall due when a test advanc
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from fallback_daemon import errors, loops, ports, service
+from fallback_daemon import loops, ports, service
 from fallback_daemon.model import ChatState as C
 from fallback_daemon.model import FallbackState as F
 from fallback_daemon.model import ReceiptStatus as R
+from tests.fakes import ScriptedChat, ScriptedSms
 from tests.unit.memstore import MemoryStore
 
 HANG_S = 10.0  # a guard against a hang, never a speed target
@@ -31,65 +30,6 @@ async def until(check: Callable[[], bool], what: str) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         await asyncio.sleep(0.001)
-
-
-class Sms:
-    name = "scripted"
-
-    def __init__(self, *answers: str, lookup: ports.LookupResult = ports.LookupResult.UNKNOWN) -> None:
-        self.answers = collections.deque(answers)
-        self.lookup_result = lookup
-        self.received: list[str] = []
-        self.calls = 0
-
-    def route(self, *, to: str, channel: str) -> Sms:
-        return self
-
-    async def send(self, *, fallback_id: str, to: str, text: str, template_params: Mapping[str, str]) -> str:
-        self.calls += 1
-        answer = self.answers.popleft() if self.answers else "ok"
-        if answer == "refused":
-            raise errors.TransientError("connect failed")
-        if answer == "rejected":
-            raise errors.PermanentError("isv.BLACK_KEY_CONTROL_LIMIT")
-        if answer == "lost":
-            raise errors.AmbiguousError("reset while writing")
-        self.received.append(fallback_id)
-        if answer == "ambiguous":
-            raise errors.AmbiguousError("no answer")
-        return f"sms-{len(self.received)}"
-
-    async def lookup(self, *, fallback_id: str, to: str, since: datetime, until: datetime) -> ports.Lookup:
-        return ports.Lookup(result=self.lookup_result, provider_id="sms-found")
-
-
-class Chat:
-    def __init__(self, *answers: str, lookup: ports.LookupResult = ports.LookupResult.UNKNOWN) -> None:
-        self.answers = collections.deque(answers)
-        self.lookup_result = lookup
-        self.received: list[str] = []
-
-    async def send(self, *, task_id: str, params: Mapping[str, str]) -> str:
-        answer = self.answers.popleft() if self.answers else "ok"
-        if answer == "throttled":
-            raise errors.Throttled("Throttling.User", code="Throttling.User", retry_after_s=7.0)
-        if answer == "rejected":
-            raise errors.PermanentError("InvalidParameter.To")
-        self.received.append(task_id)
-        if answer == "ambiguous":
-            raise errors.AmbiguousError("timeout")
-        return f"cams-{len(self.received)}"
-
-    async def lookup(
-        self,
-        *,
-        task_id: str,
-        params: Mapping[str, str],
-        since: datetime,
-        until: datetime,
-        exclude_ids: Collection[str] = (),
-    ) -> ports.Lookup:
-        return ports.Lookup(result=self.lookup_result, provider_id="cams-found")
 
 
 class Limiter:
@@ -119,7 +59,7 @@ async def running(run: Callable[[asyncio.Event], Awaitable[None]]) -> AsyncItera
         await asyncio.wait_for(task, HANG_S)
 
 
-def timer(store: MemoryStore, sms: Sms, **kw: Any) -> loops.TimerLoop:
+def timer(store: MemoryStore, sms: ScriptedSms, **kw: Any) -> loops.TimerLoop:
     args: dict[str, Any] = {
         "batch": 50,
         "lease_s": 120.0,
@@ -132,7 +72,7 @@ def timer(store: MemoryStore, sms: Sms, **kw: Any) -> loops.TimerLoop:
     return loops.TimerLoop(store, sms, **{**args, **kw})
 
 
-def sender(store: MemoryStore, chat: Chat, **kw: Any) -> loops.SenderLoop:
+def sender(store: MemoryStore, chat: ScriptedChat, **kw: Any) -> loops.SenderLoop:
     args: dict[str, Any] = {"concurrency": 4, "max_attempts": 3, "lease_s": 60.0, "poll_s": 0.001}
     return loops.SenderLoop(store, chat, Limiter(), **{**args, **kw})
 
@@ -141,7 +81,7 @@ def sender(store: MemoryStore, chat: Chat, **kw: Any) -> loops.SenderLoop:
 async def test_sender_marks_in_flight_before_the_call_and_records_the_id() -> None:
     store = MemoryStore()
     row = store.add()
-    chat = Chat()
+    chat = ScriptedChat()
     marked_at_call: list[float | None] = []
     real = chat.send
 
@@ -169,7 +109,9 @@ async def test_sender_marks_the_claim_before_reserving_its_slots() -> None:
         return await real(count)
 
     limiter.reserve = spy  # type: ignore[method-assign]
-    loop = loops.SenderLoop(store, Chat(), limiter, concurrency=4, max_attempts=3, lease_s=60.0, poll_s=0.001)
+    loop = loops.SenderLoop(
+        store, ScriptedChat(), limiter, concurrency=4, max_attempts=3, lease_s=60.0, poll_s=0.001
+    )
     async with running(lambda stop: loop.run(stop, 1.0)):
         await until(lambda: all(r.chat is C.SENT for r in rows), "all three to be sent")
     assert marked_at_reserve[0] == [0.0, 0.0, 0.0]
@@ -190,7 +132,9 @@ async def test_sender_does_not_call_when_the_claim_was_lost() -> None:
 async def test_sender_backs_off_throttling_for_at_least_retry_after() -> None:
     store = MemoryStore()
     row = store.add()
-    async with running(lambda stop: sender(store, Chat("throttled")).run(stop, 1.0)):
+    async with running(
+        lambda stop: sender(store, ScriptedChat("throttled", retry_after_s=7.0)).run(stop, 1.0)
+    ):
         await until(lambda: "send_retry" in store.kinds(row.id), "the retry to be recorded")
     assert row.chat is C.ACCEPTED
     assert row.next_attempt_at >= 7.0, "x-acs-retry-after is honoured"
@@ -199,7 +143,7 @@ async def test_sender_backs_off_throttling_for_at_least_retry_after() -> None:
 async def test_sender_permanent_refusal_makes_the_fallback_due() -> None:
     store = MemoryStore()
     row = store.add()
-    async with running(lambda stop: sender(store, Chat("rejected")).run(stop, 1.0)):
+    async with running(lambda stop: sender(store, ScriptedChat("rejected")).run(stop, 1.0)):
         await until(lambda: row.chat is C.SEND_FAILED, "the send to fail")
     assert (row.fire_reason, row.due_at) == ("send_failed", 0.0)
 
@@ -207,7 +151,7 @@ async def test_sender_permanent_refusal_makes_the_fallback_due() -> None:
 async def test_sender_shutting_down_before_the_slot_hands_the_message_back() -> None:
     store = MemoryStore()
     row = store.add()
-    loop = sender(store, Chat())
+    loop = sender(store, ScriptedChat())
     stop = asyncio.Event()
     stop.set()
     loop._stop = stop
@@ -220,7 +164,7 @@ async def test_sender_shutting_down_before_the_slot_hands_the_message_back() -> 
 async def test_timer_retries_an_outage_through_the_store_until_sent() -> None:
     store = MemoryStore()
     row = store.add(chat=C.SENT, due_at=0.0)
-    sms = Sms("refused", "refused", "refused")
+    sms = ScriptedSms("refused", "refused", "refused")
     async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
         for attempt in range(1, 4):
             await until(lambda a=attempt: store.kinds(row.id).count("sms_retry") == a, f"retry {attempt}")
@@ -235,7 +179,7 @@ async def test_timer_retries_an_outage_through_the_store_until_sent() -> None:
 async def test_timer_holds_the_fallback_when_the_window_is_exhausted() -> None:
     store = MemoryStore()
     row = store.add(chat=C.SENT, due_at=0.0)
-    sms = Sms(*["refused"] * 50)
+    sms = ScriptedSms(*["refused"] * 50)
     async with running(lambda stop: timer(store, sms, retry_window_s=100.0).run(stop, 1.0)):
         await until(lambda: row.fallback is not F.ARMED, "the fallback to fire")
         attempts = 0
@@ -257,7 +201,7 @@ async def test_timer_holds_the_fallback_when_the_window_is_exhausted() -> None:
 async def test_timer_records_a_lost_sms_answer_at_once() -> None:
     store = MemoryStore()
     row = store.add(chat=C.SENT, due_at=0.0)
-    async with running(lambda stop: timer(store, Sms("ambiguous")).run(stop, 1.0)):
+    async with running(lambda stop: timer(store, ScriptedSms("ambiguous")).run(stop, 1.0)):
         await until(lambda: "sms_unknown" in store.kinds(row.id), "the timeline event")
     assert row.fallback is F.FIRING
     assert row.sms_started_at is not None, "still in flight: recovery decides"
@@ -286,7 +230,7 @@ async def test_recovery_reconciles_an_in_flight_sms(
 ) -> None:
     store = MemoryStore()
     row = await _in_flight_sms(store)
-    sms = Sms(lookup=result)
+    sms = ScriptedSms(lookup=result)
     t = timer(store, sms)
     recovery = loops.RecoveryLoop(store, t, resend=resend)
     async with running(lambda stop: t.run(stop, 1.0)):
@@ -302,7 +246,7 @@ async def test_recovery_sends_again_a_claim_that_never_started() -> None:
     row = store.add()
     await store.claim_sends(10, 60)
     store.clock.advance(61)
-    recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False)
+    recovery = loops.RecoveryLoop(store, timer(store, ScriptedSms()), resend=False)
     await recovery.sweep()
     assert row.chat is C.ACCEPTED
     assert "send_requeued" in store.kinds(row.id)
@@ -322,7 +266,9 @@ async def test_recovery_reconciles_an_unknown_send(result: ports.LookupResult, c
     [claimed] = await store.claim_sends(10, 60)
     assert await store.mark_send_started(row.id, claimed.attempt)
     store.clock.advance(61)
-    recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False, chat=Chat(lookup=result))
+    recovery = loops.RecoveryLoop(
+        store, timer(store, ScriptedSms()), resend=False, chat=ScriptedChat(lookup=result)
+    )
     await recovery.sweep()  # lease expired: unknown, first lookup at mark + 60 s = now
     assert row.chat is chat
     if chat is C.SENT:
@@ -334,7 +280,7 @@ async def test_recovery_reconciles_an_unknown_send(result: ports.LookupResult, c
 async def test_recovery_survives_the_database_going_away() -> None:
     store = MemoryStore()
     store.down = True
-    recovery = loops.RecoveryLoop(store, timer(store, Sms()), resend=False, interval_s=0.001)
+    recovery = loops.RecoveryLoop(store, timer(store, ScriptedSms()), resend=False, interval_s=0.001)
     sweeps = 0
     real = store.recover_sends
 
@@ -370,7 +316,7 @@ async def test_a_refused_sms_is_recorded_as_a_retry_through_a_database_outage(
     monkeypatch.setattr(loops, "backoff", lambda attempt, **kw: 0.001)
     store = MemoryStore()
     row = store.add(chat=C.SENT, due_at=0.0)
-    sms = Sms("refused")
+    sms = ScriptedSms("refused")
     real = sms.send
 
     async def refuse_then_drop_the_database(**kw: Any) -> str:
@@ -390,7 +336,7 @@ async def test_a_success_during_the_sms_retries_stops_them() -> None:
     """A Read receipt lands while the SMS is being retried: the next attempt is not sent (cancelled)."""
     store = MemoryStore()
     row = store.add(chat=C.SENT, due_at=0.0)
-    sms = Sms("refused")
+    sms = ScriptedSms("refused")
     async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
         await until(lambda: "sms_retry" in store.kinds(row.id), "the first attempt to be refused")
         await store.apply([service.Outcome(message_id=row.id, event=loops.policy.ChatReceipt(R.READ))])
