@@ -1,4 +1,8 @@
-"""A signed Alibaba Cloud RPC client (ACS3-HMAC-SHA256 over a form body) and its error mapping."""
+"""A signed Alibaba Cloud RPC client (ACS3-HMAC-SHA256 over a form body) and its error mapping.
+
+Each call signs with the credentials its `CredentialsProvider` gives now (providers/credentials.py); STS
+credentials add the `x-acs-security-token` header, which is signed like every x-acs-* header.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,16 @@ import aiohttp
 import yarl
 
 from fallback_daemon import errors
+from fallback_daemon.providers import credentials as credentials_mod
 from fallback_daemon.providers import signing
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 # Alibaba's OpenAPI runtimes (darabonba-openapi) read this header as a positive integer of milliseconds.
 RETRY_AFTER_HEADER = "x-acs-retry-after"
+TOKEN_HEADER = "x-acs-security-token"  # noqa: S105 - a header name
+# A refused security token (expired, revoked): the gateway refused the call before acting on it, so it is
+# safe to retry, with credentials fetched anew.
+TOKEN_REFUSED_PREFIX = "InvalidSecurityToken"  # noqa: S105 - an error code
 
 
 def is_throttling(code: str) -> bool:
@@ -50,7 +59,10 @@ async def map_errors() -> AsyncIterator[None]:
 
 
 class AcsClient:
-    """One upstream (endpoint + API version), one ClientSession, explicit timeouts."""
+    """One upstream (endpoint + API version), one ClientSession, explicit timeouts.
+
+    Signs with `credentials` when given, else with the static `access_key_id` / `access_key_secret`.
+    """
 
     def __init__(
         self,
@@ -58,21 +70,26 @@ class AcsClient:
         *,
         endpoint: str,
         version: str,
-        access_key_id: str,
-        access_key_secret: str,
         timeout_s: float,
+        access_key_id: str = "",
+        access_key_secret: str = "",
+        credentials: credentials_mod.CredentialsProvider | None = None,
     ) -> None:
         self._session = session
         self._url = yarl.URL(endpoint).with_path("/")
         host = self._url.host or ""
         self._host = host if self._url.is_default_port() else f"{host}:{self._url.port}"
         self._version = version
-        self._ak = access_key_id
-        self._secret = access_key_secret
+        self._credentials = credentials or credentials_mod.static(access_key_id, access_key_secret)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(3.0, timeout_s))
 
     def signed_request(
-        self, action: str, params: Mapping[str, str], *, query: Mapping[str, str] | None = None
+        self,
+        action: str,
+        params: Mapping[str, str],
+        *,
+        credentials: credentials_mod.Credentials,
+        query: Mapping[str, str] | None = None,
     ) -> tuple[dict[str, str], bytes]:
         """Headers and body for one call; `query` goes in the query string, signed too (exposed for tests)."""
         body = signing.canonical_query(params).encode()
@@ -85,9 +102,11 @@ class AcsClient:
             "x-acs-signature-nonce": uuid.uuid4().hex,
             "x-acs-content-sha256": payload_hash,
         }
+        if credentials.security_token:
+            headers[TOKEN_HEADER] = credentials.security_token.reveal()
         headers["Authorization"] = signing.acs3_authorization(
-            access_key_id=self._ak,
-            secret=self._secret,
+            access_key_id=credentials.access_key_id,
+            secret=credentials.access_key_secret.reveal(),
             method="POST",
             path="/",
             query=query or {},
@@ -112,11 +131,12 @@ class AcsClient:
 
         Raises:
             errors.Throttled: a throttling code or HTTP 429 (with `x-acs-retry-after` when sent).
-            errors.TransientError: 5xx, connect failures.
+            errors.TransientError: 5xx, connect failures, no credentials now, a refused security token.
             errors.PermanentError: any other error code.
             errors.AmbiguousError: the request went out but no answer came back.
         """
-        headers, body = self.signed_request(action, params, query=query)
+        creds = await self._credentials.get()
+        headers, body = self.signed_request(action, params, credentials=creds, query=query)
         url = self._url
         if query:  # exactly the encoding that was signed
             url = yarl.URL(f"{self._url}?{signing.canonical_query(query)}", encoded=True)
@@ -145,6 +165,9 @@ class AcsClient:
                 f"{code}: {message}", code=code or f"HTTP{status}", status=status, retry_after_s=wait_s
             )
         if status in RETRYABLE_STATUS:
+            raise errors.TransientError(f"{code}: {message}", code=code, status=status)
+        if code.startswith(TOKEN_REFUSED_PREFIX) and creds.security_token:
+            self._credentials.invalidate(creds)
             raise errors.TransientError(f"{code}: {message}", code=code, status=status)
         raise errors.PermanentError(f"{code}: {message}", code=code or f"HTTP{status}", status=status)
 

@@ -20,6 +20,7 @@ import structlog
 import yarl
 
 from fallback_daemon import config, errors, metrics, model
+from fallback_daemon.providers import credentials as credentials_mod
 from fallback_daemon.providers import mns, signing
 
 log = structlog.get_logger("fallback_daemon.providers.dybaseapi")
@@ -84,7 +85,11 @@ def refresh_delay(token: MnsToken, now: dt.datetime) -> float:
 
 
 class DybaseapiClient:
-    """Signed QueryTokenForMnsQueue calls (POST, form body, HMAC-SHA1 signature V1)."""
+    """Signed QueryTokenForMnsQueue calls (POST, form body, HMAC-SHA1 signature V1).
+
+    Signs with `credentials` when given (STS ones add the `SecurityToken` parameter), else with the static
+    `access_key_id` / `access_key_secret`.
+    """
 
     def __init__(
         self,
@@ -92,25 +97,39 @@ class DybaseapiClient:
         *,
         endpoint: str = ENDPOINT,
         version: str = VERSION,
-        access_key_id: str,
-        access_key_secret: config.Secret,
+        access_key_id: str = "",
+        access_key_secret: config.Secret | None = None,
+        credentials: credentials_mod.CredentialsProvider | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         self._session = session
         self._url = yarl.URL(endpoint).with_path("/")
         self._version = version
-        self._ak = access_key_id
-        self._secret = access_key_secret
+        self._credentials = credentials or credentials_mod.static(
+            access_key_id, access_key_secret or config.Secret("")
+        )
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(5.0, timeout_s))
 
     def signed_params(
-        self, *, message_type: str, queue_name: str, nonce: str, timestamp: dt.datetime
+        self,
+        *,
+        message_type: str,
+        queue_name: str,
+        nonce: str,
+        timestamp: dt.datetime,
+        credentials: credentials_mod.Credentials | None = None,
     ) -> dict[str, str]:
-        """Every parameter of one call, Signature included (exposed for tests)."""
+        """Every parameter of one call, Signature included (exposed for tests; `credentials` default to
+        the static pair the client was made with)."""
+        creds = credentials
+        if creds is None:
+            if not isinstance(self._credentials, credentials_mod.StaticCredentials):
+                raise TypeError("signed_params needs credentials when the client has a refreshing source")
+            creds = self._credentials.credentials
         params = {
             "Format": "JSON",
             "Version": self._version,
-            "AccessKeyId": self._ak,
+            "AccessKeyId": creds.access_key_id,
             "SignatureMethod": "HMAC-SHA1",
             "SignatureVersion": "1.0",
             "SignatureNonce": nonce,
@@ -119,7 +138,9 @@ class DybaseapiClient:
             "MessageType": message_type,
             "QueueName": queue_name,
         }
-        secret = self._secret.reveal()
+        if creds.security_token:
+            params["SecurityToken"] = creds.security_token.reveal()
+        secret = creds.access_key_secret.reveal()
         params["Signature"] = signing.rpc_v1_signature(secret=secret, method="POST", params=params)
         return params
 
@@ -130,11 +151,13 @@ class DybaseapiClient:
             errors.TransientError: network, 5xx, throttling, or an unreadable answer.
             errors.PermanentError: the call was refused (bad AccessKey, signature, no permission, ...).
         """
+        creds = await self._credentials.get()
         params = self.signed_params(
             message_type=message_type,
             queue_name=queue_name,
             nonce=uuid.uuid4().hex,
             timestamp=dt.datetime.now(dt.UTC),
+            credentials=creds,
         )
         body = signing.canonical_query(params).encode()
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
@@ -157,6 +180,9 @@ class DybaseapiClient:
             return parse_token(payload)
         message = f"{ACTION}: {code or status}: {payload.get('Message', '')}"
         if status >= 500 or status == 429 or code.startswith("Throttling") or code == "ServiceUnavailable":
+            raise errors.TransientError(message, code=code, status=status)
+        if code.startswith("InvalidSecurityToken") and creds.security_token:
+            self._credentials.invalidate(creds)  # refused before acting: retry with fresh credentials
             raise errors.TransientError(message, code=code, status=status)
         raise errors.PermanentError(message, code=code or f"HTTP{status}", status=status)
 

@@ -1,7 +1,8 @@
 """Request signatures for Alibaba Cloud: ACS3-HMAC-SHA256 (CAMS, SMS), RPC V1 HMAC-SHA1, and MNS HMAC-SHA1.
 
 Pure functions (no I/O, no clock): callers pass the date and nonce, so tests can reproduce Alibaba's own
-requests byte for byte (tests/unit/test_signing.py) and the sandbox verifies with the same code.
+requests byte for byte (tests/unit/test_signing.py). The sandbox does not use this module: it verifies with
+its own implementation (sandbox/signatures.py), so a bug here fails against it instead of being mirrored.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """A protocol-faithful local stand-in for Alibaba Cloud: CAMS SendChatappMessage, Dysmsapi SendMessageToGlobe
-and SendSms with ACS3 signature checks and the QPS cap, MNS queues with Dybaseapi QueryTokenForMnsQueue, plus
-the "world" that pushes receipts back (HTTP callbacks, MNS messages, or both).
+and SendSms with ACS3 and RPC V1 signature checks (its own code, nothing imported from the daemon) and the
+QPS cap, STS AssumeRoleWithOIDC, MNS queues with Dybaseapi QueryTokenForMnsQueue, plus the "world" that
+pushes receipts back (HTTP callbacks, MNS messages, or both).
 
 Public surface: `SandboxConfig`, `create_app`, `serve` -> `Sandbox`, `run_forever`.
 """

@@ -1,4 +1,4 @@
-"""The sandbox web application: ACS dispatch on x-acs-action, the /sandbox control endpoints, and serving.
+"""The sandbox web application: ACS3- and RPC-signed call dispatch, the /sandbox control endpoints, serving.
 
 `create_app` builds the app (pushers and producer run inside its cleanup_ctx with one ClientSession);
 `serve` runs it on a loopback port and returns a `Sandbox` handle; `run_forever` is the CLI entry.
@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
-from fallback_daemon.sandbox import auth, cams, dybaseapi, mns, replies, sms
+from fallback_daemon.sandbox import auth, cams, dybaseapi, mns, replies, signatures, sms, sts
 from fallback_daemon.sandbox import config as config_mod
 from fallback_daemon.sandbox import state as state_mod
 
@@ -24,56 +24,87 @@ Handler = Callable[..., Awaitable[web.Response]]
 
 @dataclasses.dataclass(frozen=True)
 class _Action:
-    version: str
+    versions: tuple[str, ...]
     handler: Handler
     product: str
+    anonymous: bool = False  # no AccessKey, no signature (STS AssumeRoleWithOIDC)
 
 
 ACTIONS: Mapping[str, _Action] = {
-    cams.ACTION: _Action(cams.VERSION, cams.send_chatapp_message, "cams"),
-    cams.LIST_ACTION: _Action(cams.VERSION, cams.list_chatapp_message, "cams"),
-    sms.GLOBE_ACTION: _Action(sms.GLOBE_VERSION, sms.send_message_to_globe, "dysmsapi"),
-    sms.SMS_ACTION: _Action(sms.SMS_VERSION, sms.send_sms, "dysmsapi"),
-    sms.QUERY_MESSAGE_ACTION: _Action(sms.GLOBE_VERSION, sms.query_message, "dysmsapi"),
-    sms.QUERY_SEND_DETAILS_ACTION: _Action(sms.SMS_VERSION, sms.query_send_details, "dysmsapi"),
+    cams.ACTION: _Action((cams.VERSION,), cams.send_chatapp_message, "cams"),
+    cams.LIST_ACTION: _Action((cams.VERSION,), cams.list_chatapp_message, "cams"),
+    sms.GLOBE_ACTION: _Action((sms.GLOBE_VERSION,), sms.send_message_to_globe, "dysmsapi"),
+    sms.SMS_ACTION: _Action((sms.SMS_VERSION,), sms.send_sms, "dysmsapi"),
+    sms.QUERY_MESSAGE_ACTION: _Action((sms.GLOBE_VERSION,), sms.query_message, "dysmsapi"),
+    sms.QUERY_SEND_DETAILS_ACTION: _Action((sms.SMS_VERSION,), sms.query_send_details, "dysmsapi"),
+    dybaseapi.ACTION: _Action(dybaseapi.VERSIONS, dybaseapi.query_token_for_mns_queue, dybaseapi.PRODUCT),
+    sts.ACTION: _Action((sts.VERSION,), sts.assume_role_with_oidc, sts.PRODUCT, anonymous=True),
 }
 # Sends whose answer can be lost on purpose (POST /sandbox/faults).
 SEND_ACTIONS = (cams.ACTION, sms.GLOBE_ACTION, sms.SMS_ACTION)
 FORM = "application/x-www-form-urlencoded"
 
 
-async def acs_entry(request: web.Request) -> web.Response:
-    """POST /: an Alibaba RPC call in ACS3 style, dispatched on x-acs-action / x-acs-version.
+def _is_acs3(request: web.Request, params: Mapping[str, str]) -> bool:
+    """ACS3 when the Authorization header says so; RPC when the call carries its Signature parameter.
 
-    A call without x-acs-action is RPC style with signature V1 (Dybaseapi QueryTokenForMnsQueue).
+    The SDKs send x-acs-action with RPC-signed calls too, so that header alone decides nothing: only a
+    call with neither an ACS3 Authorization nor a Signature falls back to it (and is then refused as an
+    incomplete ACS3 signature).
     """
-    if "x-acs-action" not in request.headers:
-        return await dybaseapi.rpc_entry(request)
+    if request.headers.get("Authorization", "").startswith(signatures.ACS3 + " "):
+        return True
+    return "Signature" not in params and "x-acs-action" in request.headers
+
+
+async def acs_entry(request: web.Request) -> web.Response:
+    """GET or POST /: an Alibaba RPC-style call, ACS3-signed or RPC-signed (V1), dispatched on its action.
+
+    ACS3 names the action in x-acs-action / x-acs-version; RPC in the Action / Version parameters, which
+    come from the query string and, for a POST form, the body.
+    """
     state = request.app[state_mod.STATE]
     stats = state.journal.stats
-    name = request.headers.get("x-acs-action", "")
+    body = await request.read()
+    raw_query = request.rel_url.raw_query_string
+    params = dict(parse_qsl(raw_query, keep_blank_values=True))
+    if request.content_type == FORM and body:
+        try:
+            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError:
+            return replies.pop_error(request, 400, "InvalidParameter", "The form body is not UTF-8.")
+    acs3 = _is_acs3(request, params)
+    if acs3:
+        name, version = request.headers.get("x-acs-action", ""), request.headers.get("x-acs-version")
+    else:
+        name, version = params.get("Action", ""), params.get("Version")
     action = ACTIONS.get(name)
     if action is None:
         return replies.pop_error(request, 404, "InvalidAction.NotFound", product="")
     if name == cams.ACTION:
         stats.cams_calls += 1
-    if request.headers.get("x-acs-version") != action.version:
+    if version not in action.versions:
         return replies.pop_error(
             request,
             400,
             "InvalidVersion",
-            f"Specified parameter Version is not valid: {name} is {action.version}.",
+            f"Specified parameter Version is not valid: {name} is {' or '.join(action.versions)}.",
             product=action.product,
         )
-    body = await request.read()
-    received = auth.Received(
-        method=request.method,
-        raw_path=request.raw_path.split("?", 1)[0],
-        raw_query=request.rel_url.raw_query_string,
-        headers=request.headers,
-        body=body,
-    )
-    verdict = state.verifier.verify(received)
+    verdict: str | auth.Denial = ""
+    if action.anonymous:
+        pass
+    elif acs3:
+        received = auth.Received(
+            method=request.method,
+            raw_path=request.raw_path.split("?", 1)[0],
+            raw_query=raw_query,
+            headers=request.headers,
+            body=body,
+        )
+        verdict = state.verifier.verify(received)
+    else:
+        verdict = state.rpc_verifier.verify(request.method, params)
     if isinstance(verdict, auth.Denial):
         stats.auth_failures += 1
         if verdict.code == "SignatureDoesNotMatch":
@@ -81,14 +112,8 @@ async def acs_entry(request: web.Request) -> web.Response:
         return replies.pop_error(
             request, verdict.status, verdict.code, verdict.message, product=action.product
         )
-    params = received.query()
-    if request.content_type == FORM and body:
-        try:
-            params.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
-        except UnicodeDecodeError:
-            return replies.pop_error(
-                request, 400, "InvalidParameter", "The form body is not UTF-8.", product=action.product
-            )
+    if not acs3:  # the signature's own parameters are not the action's
+        params = {k: v for k, v in params.items() if k not in auth.RPC_COMMON}
     return await action.handler(state, access_key=verdict, params=params, request=request)
 
 
@@ -181,6 +206,7 @@ def create_app(config: config_mod.SandboxConfig) -> web.Application:
     app[state_mod.STATE] = state_mod.SandboxState(config)
     app.cleanup_ctx.append(_pushers)
     app.router.add_post("/", acs_entry)
+    app.router.add_get("/", acs_entry)  # RPC calls may be GETs with every parameter in the query
     app.router.add_get("/sandbox/journal", journal_view)
     app.router.add_get("/sandbox/stats", stats_view)
     app.router.add_get("/sandbox/rates", rates_view)
@@ -247,6 +273,10 @@ class Sandbox:
         if count < 0:
             raise ValueError("count must be >= 0")
         self.state.ledger.fail_queries = count
+
+    def expire_sts(self) -> int:
+        """Expire every STS credential AssumeRoleWithOIDC issued so far; returns how many were valid."""
+        return self.state.sts.expire_all()
 
     def expire_tokens(self) -> int:
         """Expire every MNS token issued so far; returns how many were still valid."""

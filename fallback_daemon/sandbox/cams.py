@@ -75,19 +75,22 @@ MESSAGE_TYPES: dict[str, frozenset[str]] = {
 }
 MESSAGE_TYPES["instagram"] = MESSAGE_TYPES["messenger"]
 JSON_PARAMS = ("Content", "TemplateParams", "Payload")
+# What the API metadata (SDK model: "This parameter is required.") marks required: the gateway answers
+# HTTP 400 Missing<Name> for these. TemplateCode / MessageType are required only for one Type each, which
+# the product checks itself (HTTP 200, InvalidParameter.*).
+REQUIRED = ("ChannelType", "Type", "From", "To")
 
 
 def validate(params: Mapping[str, str]) -> tuple[str, str] | None:
-    """The business error (Code, Message) CAMS would answer for these params, or None if they are fine."""
+    """The business error (Code, Message) CAMS would answer for these params, or None if they are fine.
+
+    The REQUIRED parameters are present (the gateway refused the call otherwise)."""
     channel = params.get("ChannelType", "")
     if channel not in MESSAGE_TYPES:
         return "InvalidParameter.ChannelType", f"ChannelType must be one of {sorted(MESSAGE_TYPES)}."
     kind = params.get("Type", "")
     if kind not in ("template", "message"):
         return "InvalidParameter.Type", "Type must be template or message."
-    for name in ("From", "To"):
-        if not params.get(name, "").strip():
-            return f"InvalidParameter.{name}", f"{name} is mandatory for this action."
     if kind == "template" and not (params.get("TemplateCode") or params.get("TemplateName")):
         return "InvalidParameter.TemplateCode", "TemplateCode is mandatory when Type is template."
     if kind == "message":
@@ -122,6 +125,13 @@ async def send_chatapp_message(
     entry = state.journal.chat_entry(task_id, to) if task_id else None
     if entry is not None:
         entry.attempts += 1
+    absent = replies.first_missing(params, REQUIRED)
+    if absent is not None:  # refused by the gateway before flow control or the product sees it [I]
+        stats.cams_rejected += 1
+        if entry is not None:
+            entry.rejected += 1
+            entry.outcome = world.Outcome.REJECTED.value
+        return replies.missing(request, absent)
     if not state.limiter.admit(access_key):
         stats.throttled += 1
         if entry is not None:

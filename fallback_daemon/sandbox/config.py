@@ -58,7 +58,10 @@ class SandboxConfig:
         mns_extra_queues: more (own) queues to create.
         mns_visibility_timeout_s: how long a received message stays invisible (redelivered afterwards).
         mns_token_ttl_s: lifetime of the temporary credentials QueryTokenForMnsQueue issues.
+        sts_max_duration_s: the longest DurationSeconds AssumeRoleWithOIDC grants (the role's maximum
+            session duration; Alibaba allows up to 43200).
         clock: monotonic clock used by the QPS limiter (tests may freeze it).
+        wall_clock: epoch-seconds clock for request dates, nonces and STS expiry (tests may move it).
     """
 
     access_key_id: str = "sandbox-ak"
@@ -91,7 +94,9 @@ class SandboxConfig:
     mns_extra_queues: tuple[str, ...] = ()
     mns_visibility_timeout_s: int = 30
     mns_token_ttl_s: int = 600
+    sts_max_duration_s: int = 43200
     clock: Callable[[], float] = dataclasses.field(default=time.monotonic, repr=False, compare=False)
+    wall_clock: Callable[[], float] = dataclasses.field(default=time.time, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -134,6 +139,8 @@ class SandboxConfig:
             out.append("mns_visibility_timeout_s must be within 1..43200")
         if self.mns_token_ttl_s < 1:
             out.append("mns_token_ttl_s must be >= 1")
+        if not 900 <= self.sts_max_duration_s <= 43200:
+            out.append("sts_max_duration_s must be within 900..43200")
         return out
 
     @property

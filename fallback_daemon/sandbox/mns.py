@@ -1,8 +1,10 @@
 """The sandbox's MNS queue endpoints (REST/XML, x-mns-version 2015-06-06) and its /sandbox/mns controls.
 
 SendMessage / BatchSendMessage, ReceiveMessage / BatchReceiveMessage (long polling up to 30 s,
-numOfMessages 1..16), DeleteMessage / BatchDeleteMessage (partial failures as an `<Errors>` body) and
-ChangeMessageVisibility, each authenticated by `mnsauth.Verifier`. The stall knob holds the next N delete
+numOfMessages 1..16), PeekMessage / BatchPeekMessage (`peekonly=true`: nothing consumed, no receipt
+handle), DeleteMessage / BatchDeleteMessage (partial failures as an `<Errors>` body),
+ChangeMessageVisibility and GetQueueAttributes (`GET /queues/{queue}`), each authenticated by
+`mnsauth.Verifier`. The stall knob holds the next N delete
 requests unanswered (the delete is never applied) until the client goes away, so a test can kill a consumer
 between its commit and its delete.
 """
@@ -21,6 +23,12 @@ XMLNS = mnsxml.XMLNS
 MAX_BATCH = 16
 MAX_WAIT_S = 30
 MAX_BODY = 64 * 1024
+# GetQueueAttributes reports these fixed settings of every sandbox queue: no default delay, the largest
+# message size MNS allows (= MAX_BODY), MNS's default retention of 4 days (the sandbox keeps messages
+# until deleted), no default long-poll wait (a receive without waitseconds answers at once), no logging.
+DELAY_SECONDS = 0
+RETENTION_S = 345600
+POLLING_WAIT_S = 0
 
 
 def _xml(root: str, inner: str) -> str:
@@ -75,21 +83,61 @@ def _int_arg(query: dict[str, str], name: str, default: int, low: int, high: int
     return value if low <= value <= high else f"{name} must be between {low} and {high}."
 
 
+def _denied(
+    request: web.Request, state: state_mod.SandboxState, name: str, body: bytes
+) -> web.Response | None:
+    """The MNS error for a request that fails authentication on queue `name`, else None."""
+    denial = state.mns_verifier.verify(
+        method=request.method, resource=request.raw_path, headers=request.headers, body=body, queue=name
+    )
+    if denial is None:
+        return None
+    stats = state.journal.stats
+    stats.mns_auth_failures += 1
+    stats.mns_token_denials += denial.token
+    return error(request, denial.status, denial.code, denial.message)
+
+
+async def queue_attributes(request: web.Request) -> web.Response:
+    """GET /queues/{queue}: GetQueueAttributes, the `<Queue>` document (404 QueueNotExist if unknown)."""
+    state = request.app[state_mod.STATE]
+    name = request.match_info["queue"]
+    denied = _denied(request, state, name, await request.read())
+    if denied is not None:
+        return denied
+    queue = state.mns.queues.get(name)
+    if queue is None:
+        return error(request, 404, "QueueNotExist", "The queue name you provided is not exist.")
+    a = queue.attributes()
+    inner = _elements(
+        [
+            ("QueueName", a.name),
+            ("CreateTime", a.created_s),
+            ("LastModifyTime", a.created_s),
+            ("VisibilityTimeout", a.visibility_timeout_s),
+            ("MaximumMessageSize", MAX_BODY),
+            ("MessageRetentionPeriod", RETENTION_S),
+            ("DelaySeconds", DELAY_SECONDS),
+            ("PollingWaitSeconds", POLLING_WAIT_S),
+            ("ActiveMessages", a.active),
+            ("InactiveMessages", a.inactive),
+            ("DelayMessages", a.delayed),
+            ("LoggingEnabled", "False"),
+        ]
+    )
+    return _reply(request, 200, _xml("Queue", inner))
+
+
 async def messages(request: web.Request) -> web.Response:
     """/queues/{queue}/messages for every method: authenticate, then dispatch."""
     state = request.app[state_mod.STATE]
-    stats = state.journal.stats
     name = request.match_info["queue"]
     body = await request.read()
     if len(body) > MAX_BODY:
         return error(request, 400, "InvalidArgument", f"The body must be at most {MAX_BODY} bytes.")
-    denial = state.mns_verifier.verify(
-        method=request.method, resource=request.raw_path, headers=request.headers, body=body, queue=name
-    )
-    if denial is not None:
-        stats.mns_auth_failures += 1
-        stats.mns_token_denials += denial.token
-        return error(request, denial.status, denial.code, denial.message)
+    denied = _denied(request, state, name, body)
+    if denied is not None:
+        return denied
     queue = state.mns.queues.get(name)
     if queue is None:
         return error(request, 404, "QueueNotExist", f"The queue {name} does not exist.")
@@ -105,12 +153,42 @@ async def messages(request: web.Request) -> web.Response:
     return await _delete(request, state, queue, query, body)
 
 
+def _peeked_xml(p: mnsqueue.Peeked) -> str:
+    """The fields the SDK's PeekMessageDecoder reads: no ReceiptHandle, no NextVisibleTime."""
+    return _elements(
+        [
+            ("MessageId", p.message_id),
+            ("MessageBodyMD5", p.body_md5),
+            ("MessageBody", p.body),
+            ("EnqueueTime", p.enqueue_ms),
+            ("FirstDequeueTime", p.first_dequeue_ms),
+            ("DequeueCount", p.dequeue_count),
+            ("Priority", p.priority),
+        ]
+    )
+
+
+def _peek(request: web.Request, queue: mnsqueue.Queue, n: int, batch: bool) -> web.Response:
+    """PeekMessage (`?peekonly=true`) / BatchPeekMessage (`&numOfMessages=n`): answers at once, changes
+    nothing (waitseconds does not apply to a peek)."""
+    seen = queue.peek(n)
+    if not seen:
+        return error(request, 404, "MessageNotExist", "Message not exist.")
+    if not batch:
+        return _reply(request, 200, _xml("Message", _peeked_xml(seen[0])))
+    return _reply(
+        request, 200, _xml("Messages", "".join(f"<Message>{_peeked_xml(p)}</Message>" for p in seen))
+    )
+
+
 async def _receive(request: web.Request, queue: mnsqueue.Queue, query: dict[str, str]) -> web.Response:
     batch = "numofmessages" in query
     n = _int_arg(query, "numOfMessages", 1, 1, MAX_BATCH)
     wait = _int_arg(query, "waitseconds", 0, 0, MAX_WAIT_S)
     if isinstance(n, str) or isinstance(wait, str):
         return error(request, 400, "InvalidArgument", str(n if isinstance(n, str) else wait))
+    if query.get("peekonly", "").lower() == "true":
+        return _peek(request, queue, n, batch)
     got = await queue.receive(n, wait)
     if not got:
         return error(request, 404, "MessageNotExist", "Message not exist.")
@@ -263,6 +341,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/queues/{queue}/messages", messages)
+    app.router.add_get("/queues/{queue}", queue_attributes)
     app.router.add_get("/sandbox/mns", control)
     app.router.add_post("/sandbox/mns", control)
     app.on_shutdown.append(_on_shutdown)

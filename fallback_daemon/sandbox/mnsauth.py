@@ -82,22 +82,6 @@ class Tokens:
         return len(live)
 
 
-class Nonces:
-    """SignatureNonce values of RPC calls seen within the timestamp window (dybaseapi)."""
-
-    def __init__(self) -> None:
-        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
-
-    def use(self, nonce: str, now: float, window_s: float) -> bool:
-        """False when the nonce was used already."""
-        while self._seen and next(iter(self._seen.values())) <= now:
-            self._seen.popitem(last=False)
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = now + 2 * window_s
-        return True
-
-
 # ---- the MNS signature, from the MNS signing documentation -------------------------------------------------
 #   StringToSign = VERB "\n" Content-MD5 "\n" Content-Type "\n" Date "\n"
 #                  CanonicalizedMNSHeaders   (each x-mns-* header: lowercase-name ":" value "\n", sorted)

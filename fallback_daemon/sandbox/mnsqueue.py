@@ -45,6 +45,31 @@ class StoredMessage:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Attributes:
+    """What GetQueueAttributes reports: the queue's settings and its message counts now."""
+
+    name: str
+    created_s: int  # CreateTime / LastModifyTime: epoch seconds (the sandbox never modifies a queue)
+    visibility_timeout_s: int
+    active: int  # visible now: a receive would get them
+    inactive: int  # received, within their visibility timeout
+    delayed: int  # sent with DelaySeconds, not yet visible
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Peeked:
+    """What PeekMessage shows of a visible message: no receipt handle, nothing changed by looking."""
+
+    message_id: str
+    body: str
+    body_md5: str
+    enqueue_ms: int
+    first_dequeue_ms: int  # 0 when never received [I]
+    dequeue_count: int
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Delivery:
     """What one receive hands out: the message as it is now and the handle of this delivery."""
 
@@ -83,6 +108,7 @@ class Queue:
         self._changed = asyncio.Event()
         self.closed = False  # set on shutdown: long polls return at once
         self.waiting = 0  # long polls waiting now
+        self.created_s = int(clock())
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -132,8 +158,8 @@ class Queue:
             finally:
                 self.waiting -= 1
 
-    def _take(self, n: int) -> list[Delivery]:
-        now = self._now_ms()
+    def _promote(self, now: int) -> None:
+        """Make the messages whose NextVisibleTime has come visible again (their handles die)."""
         while self._hidden and self._hidden[0][0] <= now:
             due, _, mid = heapq.heappop(self._hidden)
             msg = self._messages.get(mid)
@@ -143,6 +169,10 @@ class Queue:
                 self._handles.pop(msg.handle, None)
                 msg.handle = None
             self._ready.append(mid)
+
+    def _take(self, n: int) -> list[Delivery]:
+        now = self._now_ms()
+        self._promote(now)
         out: list[Delivery] = []
         stats = self._stats()
         while self._ready and len(out) < n:
@@ -170,6 +200,49 @@ class Queue:
                 )
             )
         return out
+
+    def peek(self, n: int) -> list[Peeked]:
+        """Up to n visible messages, in the order a receive would take them, left exactly as they are:
+        still visible, no handle issued, DequeueCount unchanged (PeekMessage / BatchPeekMessage)."""
+        now = self._now_ms()
+        self._promote(now)
+        out: list[Peeked] = []
+        for mid in self._ready:
+            msg = self._messages.get(mid)
+            if msg is None or msg.next_visible_ms > now:
+                continue
+            out.append(
+                Peeked(
+                    message_id=msg.message_id,
+                    body=msg.body,
+                    body_md5=msg.body_md5,
+                    enqueue_ms=msg.enqueue_ms,
+                    first_dequeue_ms=msg.first_dequeue_ms,
+                    dequeue_count=msg.dequeue_count,
+                    priority=msg.priority,
+                )
+            )
+            if len(out) == n:
+                break
+        return out
+
+    def attributes(self) -> Attributes:
+        now = self._now_ms()
+        inactive = delayed = 0
+        for msg in self._messages.values():
+            if msg.next_visible_ms > now:
+                if msg.handle is not None:
+                    inactive += 1
+                else:
+                    delayed += 1
+        return Attributes(
+            name=self.name,
+            created_s=self.created_s,
+            visibility_timeout_s=self.visibility_timeout_s,
+            active=len(self._messages) - inactive - delayed,
+            inactive=inactive,
+            delayed=delayed,
+        )
 
     def _hide(self, msg: StoredMessage, until_ms: int) -> None:
         if msg.handle is not None:

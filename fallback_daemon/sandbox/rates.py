@@ -1,7 +1,8 @@
 """Per-second counts of admitted CAMS calls, for checking a global send rate from the provider's side.
 
 `CountingLimiter` wraps the sandbox's QPS limiter: every decision is counted in the second (of the limiter's
-clock) it was made in, and the fullest sliding one-second window seen is kept (that window is what the
+clock, read once per call and shared with the limiter) it was made in, and the fullest sliding one-second
+window seen is kept (that window is what the
 limiter enforces, so `max_window <= qps` with `throttled == 0` proves no window ever went over the cap).
 Served as JSON by `GET /sandbox/rates`.
 """
@@ -26,8 +27,8 @@ class Rates:
         self.max_window = 0
         self._recent: collections.deque[float] = collections.deque()
 
-    def record(self, admitted: bool) -> None:
-        now = self._clock()
+    def record(self, admitted: bool, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
         second = math.floor(now)
         bucket = self.admitted if admitted else self.throttled
         bucket[second] = bucket.get(second, 0) + 1
@@ -60,9 +61,13 @@ class CountingLimiter:
 
     def __init__(self, inner: Any, clock: Callable[[], float]) -> None:
         self._inner = inner
+        self._clock = clock
         self.rates = Rates(clock)
 
     def admit(self, key: str) -> bool:
-        ok = bool(self._inner.admit(key))
-        self.rates.record(ok)
+        # One clock read for both: the limiter and the record must see the same instant, or the recorded
+        # window (stamped a little later) can hold one call the limiter had already let slide out.
+        now = self._clock()
+        ok = bool(self._inner.admit(key, now))
+        self.rates.record(ok, now)
         return ok

@@ -14,6 +14,7 @@ from fallback_daemon.sandbox import (
     rates,
     receipts,
     replies,
+    sts,
     world,
 )
 from fallback_daemon.sandbox import config as config_mod
@@ -25,8 +26,14 @@ class SandboxState:
     def __init__(self, config: config_mod.SandboxConfig) -> None:
         self.config = config
         self.callbacks = config_mod.Callbacks.from_config(config)
+        # STS credentials issued by AssumeRoleWithOIDC; both signature styles accept them while valid.
+        self.sts = sts.StsCredentials(clock=config.wall_clock, max_duration_s=config.sts_max_duration_s)
+        keys = {config.access_key_id: config.access_key_secret}
         self.verifier = auth.Verifier(
-            keys={config.access_key_id: config.access_key_secret}, max_skew_s=config.max_skew_s
+            keys=keys, max_skew_s=config.max_skew_s, now=config.wall_clock, sts=self.sts
+        )
+        self.rpc_verifier = auth.RpcVerifier(
+            keys=keys, max_skew_s=config.max_skew_s, now=config.wall_clock, sts=self.sts
         )
         # Every admit/throttle decision is also counted per second (GET /sandbox/rates).
         qps = auth.RateLimiter(qps=config.qps, clock=config.clock)
@@ -52,7 +59,6 @@ class SandboxState:
             tokens=self.tokens,
             max_skew_s=config.max_skew_s,
         )
-        self.rpc_nonces = mnsauth.Nonces()
         self.stall_deletes = 0  # the next N delete requests are held unanswered (test knob)
         self.chat_pusher = pusher.Pusher(
             name="chatapp",

@@ -312,8 +312,6 @@ async def test_calls_beyond_qps_are_throttled(
     [
         ({"ChannelType": "sms"}, "InvalidParameter.ChannelType"),
         ({"Type": "broadcast"}, "InvalidParameter.Type"),
-        ({"To": ""}, "InvalidParameter.To"),
-        ({"From": ""}, "InvalidParameter.From"),
         ({"TemplateCode": ""}, "InvalidParameter.TemplateCode"),
         ({"Type": "message"}, "InvalidParameter.MessageType"),
         ({"TemplateParams": "{not json"}, "InvalidParameter.MessageInvalid"),
@@ -322,7 +320,8 @@ async def test_calls_beyond_qps_are_throttled(
 async def test_business_errors_are_http_200_with_a_code(
     make_sandbox: MakeSandbox, session: aiohttp.ClientSession, change: dict[str, str], code: str
 ) -> None:
-    """Invalid business params answer HTTP 200 with Code != OK and no MessageId."""
+    """Invalid business params answer HTTP 200 with Code != OK and no MessageId (a required one left out is
+    the gateway's HTTP 400 Missing<Param>: test_sandbox_fidelity.py)."""
     sandbox = await make_sandbox()
     params = {k: v for k, v in {**template("8613900000000"), **change}.items() if v}
     answer = await call(session, sandbox.url, "SendChatappMessage", params)
@@ -515,11 +514,14 @@ async def test_sms_to_a_number_ending_in_55_fails(
 async def test_send_message_to_globe_validates_its_params(
     make_sandbox: MakeSandbox, session: aiohttp.ClientSession
 ) -> None:
-    """Missing To or Message, or a '+' in To, answer HTTP 200 with ResponseCode InvalidParameter."""
+    """Missing To or Message is the gateway's HTTP 400 Missing<Param>; a '+' in To answers HTTP 200 with
+    ResponseCode InvalidParameter."""
     sandbox = await make_sandbox()
-    for params in ({"Message": "hi"}, {"To": "6591234567"}, {"To": "+6591234567", "Message": "hi"}):
+    for params, code in (({"Message": "hi"}, "MissingTo"), ({"To": "6591234567"}, "MissingMessage")):
         answer = await call(session, sandbox.url, "SendMessageToGlobe", params)
-        assert (answer.status, answer.body["ResponseCode"]) == (200, "InvalidParameter")
+        assert (answer.status, answer.body["Code"]) == (400, code)
+    answer = await call(session, sandbox.url, "SendMessageToGlobe", {"To": "+6591234567", "Message": "hi"})
+    assert (answer.status, answer.body["ResponseCode"]) == (200, "InvalidParameter")
     assert sandbox.stats()["sms_sends"] == 0
 
 
@@ -553,7 +555,7 @@ async def test_send_sms_answers_biz_id_and_pushes_the_domestic_report(
     assert (report["success"], report["out_id"], report["biz_id"]) == (True, "fb-3", answer.body["BizId"])
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", report["send_time"])
     missing = await call(session, sandbox.url, "SendSms", {"PhoneNumbers": "13800000001"})
-    assert (missing.status, missing.body["Code"]) == (200, "isv.SMS_SIGNATURE_ILLEGAL")
+    assert (missing.status, missing.body["Code"]) == (400, "MissingSignName")
 
 
 async def test_journal_counts_sends_per_reference_and_reset_clears_it(
