@@ -86,6 +86,7 @@ class Accept(Outcomes):
             ]
             for col, value in zip(cols, row, strict=True):
                 col.append(value)
+        urgent = [req.urgent for req in requests]  # $14: FallBackUrgent (quiet hours do not hold it)
         # One statement (messages, their events and the NOTIFY) is one transaction and one round trip. A key
         # that conflicted belongs to a row that is committed by now (ON CONFLICT waits for its inserter). A
         # keyed batch runs in a transaction instead: if one of its keys turns out to belong to another
@@ -94,10 +95,10 @@ class Accept(Outcomes):
         keyed = [k for k in keys if k is not None]
         if len(keyed) > 1:
             async with self.db.transaction() as conn:
-                inserted = await conn.fetch(Q["insert_messages"], *cols, channel)
+                inserted = await conn.fetch(Q["insert_messages"], *cols, channel, urgent)
                 existing = await _replayed(conn.fetch, inserted, keyed, request_hash)
         else:
-            inserted = await self.db.fetch(Q["insert_messages"], *cols, channel)
+            inserted = await self.db.fetch(Q["insert_messages"], *cols, channel, urgent)
             existing = await _replayed(self.db.fetch, inserted, keyed, request_hash)
         if inserted and channel is None:
             self._notify_soon()

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fallback_daemon import model, policy, sql
+from fallback_daemon import guards, model, policy, sql
 from fallback_daemon.model import FallbackState
 from fallback_daemon.outcomes import Outcome, Outcomes, Row, _state
 
@@ -19,6 +19,8 @@ Q = sql.queries
 
 
 class Attempts(Outcomes):
+    guard_config: guards.GuardConfig = guards.GuardConfig()  # app.py sets it from the settings
+
     async def claim_sends(self, limit: int, lease_s: float) -> list[model.ClaimedSend]:
         rows = await self.db.fetch(Q["claim_sends"], limit, lease_s)
         return [model.ClaimedSend(id=r["id"], params=r["params"], attempt=r["send_attempts"]) for r in rows]
@@ -40,8 +42,10 @@ class Attempts(Outcomes):
         await self.db.execute(Q["retry_send"], message_id, delay_s, error, attempt)
 
     async def claim_due(self, limit: int, lease_s: float) -> list[model.FallbackSms]:
-        """The at-most-once transition armed → firing for due fallbacks, committed before any SMS call."""
-        return [_fallback_sms(r) for r in await self.db.fetch(Q["claim_due_fallbacks"], limit, lease_s)]
+        """The at-most-once transition armed → firing for due fallbacks, committed before any SMS call, with
+        the guards (opt-outs, deny-list, quiet hours, budgets) checked in the same transaction (guards.py)."""
+        claimed = await guards.GuardStore(self.db, self.guard_config).claim_due(limit, lease_s)
+        return [_fallback_sms(r) for r in claimed]
 
     async def claim_sms_retries(self, limit: int, lease_s: float) -> list[model.FallbackSms]:
         """Firing fallbacks whose SMS is due again: a scheduled retry, or a claim that died before writing."""

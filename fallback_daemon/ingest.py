@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
-from fallback_daemon import metrics, model, policy, sql
+from fallback_daemon import errorclasses, metrics, model, policy, ports, sql
 from fallback_daemon.outcomes import Outcome, Outcomes, _state, _unpark
 
 log = structlog.get_logger("fallback_daemon.service")
@@ -40,7 +40,7 @@ def _uuid(value: str | None) -> uuid.UUID | None:
 class Ingest(Outcomes):
     """HTTP, MNS and SQS receipts go through here (and only here) to the write path."""
 
-    last_receipt: dict[str, float]
+    feed: ports.FeedClock  # when receipts were last seen per channel; the feed gate reads it
 
     async def ingest_chat(self, receipts: Sequence[model.ChatReceipt], source: str) -> IngestResult:
         """Store raw receipts (deduplicated), then apply the new ones; all in one transaction."""
@@ -166,6 +166,8 @@ class Ingest(Outcomes):
                         "source": source,
                         "receipt_id": rec["id"],
                         "error_code": r.error_code,
+                        # An opt-out report adds the number to the list (a trigger, same transaction).
+                        **({"error_class": "opted_out"} if errorclasses.sms_opted_out(r.error_code) else {}),
                     },
                 )
             )
@@ -243,7 +245,7 @@ class Ingest(Outcomes):
             if d.outcome in ("sms_delivered", "sms_failed"):
                 metrics.fallback_sms.labels(d.outcome.removeprefix("sms_")).inc()
         if result.channels:
-            self.last_receipt.update(dict.fromkeys(result.channels, now))
+            self.feed.seen(result.channels, now)
 
 
 def _status_key(r: model.ChatReceipt) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from fallback_daemon import errors, metrics, model, policy, ports, service
+from fallback_daemon import errorclasses, errors, metrics, model, policy, ports, service
 
 log = structlog.get_logger("fallback_daemon.loops")
 
@@ -452,13 +452,13 @@ class TimerLoop:
         except errors.PermanentError as exc:
             metrics.provider_latency.labels("sms").observe(time.perf_counter() - started)
             metrics.fallback_sms.labels("rejected").inc()
+            detail = {"provider": gateway.name, "error_code": exc.code}
+            if errorclasses.sms_opted_out(exc.code, str(exc)):
+                # Recorded as such: the event's error_class makes the database add the number to the
+                # opt-out list in the same transaction (migration 0009's trigger; docs/guards.md).
+                detail["error_class"] = errorclasses.OPTED_OUT
             self.writer.put(
-                service.Outcome(
-                    message_id=mid,
-                    event=policy.SmsRejected(),
-                    error=str(exc),
-                    detail={"provider": gateway.name},
-                )
+                service.Outcome(message_id=mid, event=policy.SmsRejected(), error=str(exc), detail=detail)
             )
         except errors.AmbiguousError as exc:
             metrics.fallback_sms.labels("unknown").inc()

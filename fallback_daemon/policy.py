@@ -166,14 +166,6 @@ class Decision:
     fire_reason: str | None = None
     double_delivered: bool = False  # newly detected by this event
 
-    def changed(self, state: State) -> bool:
-        return (
-            self.chat != state.chat
-            or self.fallback != state.fallback
-            or self.fire_reason is not None
-            or self.double_delivered
-        )
-
 
 # ---- arming ---------------------------------------------------------------------------------------------
 def initial_fallback(*, has_sms: bool) -> F:

@@ -106,7 +106,7 @@ PLAIN_STRINGS: Mapping[str, int] = {
 }
 KNOWN_FIELDS = frozenset(
     {"ChannelType", "Type", "MessageType", "From", "To", "Content", "TemplateParams", "Payload", "Label",
-     "Ttl", "TaskId", "FallBackRule", "FallBackDuration", "FallBackContent", *PLAIN_STRINGS}
+     "Ttl", "TaskId", "FallBackRule", "FallBackDuration", "FallBackContent", "FallBackUrgent", *PLAIN_STRINGS}
 )  # fmt: skip
 _BY_LOWER = {name.lower(): name for name in KNOWN_FIELDS}
 
@@ -144,6 +144,7 @@ def validate_send(body: object, *, max_content_bytes: int = 65536) -> model.Send
         fallback_content=_fallback_content(get.string("FallBackContent", FALLBACK_CONTENT_MAX)),
         template_params=template_params,
         client_task_id=get.string("TaskId", TASK_ID_MAX),
+        urgent=get.flag("FallBackUrgent"),
     )
 
 
@@ -302,6 +303,15 @@ class _Getter:
         if len(value) > limit:
             raise errors.ValidationError(name, f"must be at most {limit} characters")
         return check_text(name, value)
+
+    def flag(self, name: str) -> bool:
+        """A JSON boolean (absent or null: false); a string or number is refused, not guessed."""
+        value = self.body.get(name)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise errors.ValidationError(name, "must be true or false (a JSON boolean)")
+        return value
 
     def choice(self, name: str, allowed: tuple[str, ...], *, required: bool = False) -> str:
         value = self.string(name, 64, required=required)

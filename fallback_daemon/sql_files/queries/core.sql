@@ -5,20 +5,22 @@
 -- $1 idempotency_key text[], $2 channel text[], $3 to text[], $4 from text[], $5 client_task_id text[],
 -- $6 params jsonb[], $7 rule text[], $8 duration_s int[], $9 sms_text text[], $10 fallback_state text[],
 -- $11 timer_s float8[] (NULL: no timer), $12 request_hash text[] (NULL: no key),
--- $13 notify channel text (NULL: no NOTIFY; else once, if a row was inserted)
+-- $13 notify channel text (NULL: no NOTIFY; else once, if a row was inserted),
+-- $14 urgent bool[] (FallBackUrgent: the fallback ignores quiet hours; guards.py)
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
-                         $8::int[], $9::text[], $10::text[], $11::float8[], $12::text[])
+                         $8::int[], $9::text[], $10::text[], $11::float8[], $12::text[], $14::bool[])
            AS t(idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
-                sms_text, fallback_state, timer_s, request_hash)
+                sms_text, fallback_state, timer_s, request_hash, urgent)
 ), ins AS (
     INSERT INTO messages (idempotency_key, channel, to_number, from_number, client_task_id, params,
-                          fallback_rule, fallback_duration_s, sms_text, fallback_state, due_at, request_hash)
+                          fallback_rule, fallback_duration_s, sms_text, fallback_state, due_at, request_hash,
+                          urgent)
     SELECT idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
            sms_text, fallback_state,
            CASE WHEN timer_s IS NULL OR fallback_state <> 'armed' THEN NULL
                 ELSE now() + timer_s * interval '1 second' END,
-           request_hash
+           request_hash, coalesce(urgent, false)
     FROM input
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, idempotency_key, fallback_state, due_at
@@ -159,49 +161,32 @@ WHERE kind = 'chatapp' AND provider_id = ANY($1::text[]) AND applied_at IS NULL
 ORDER BY id FOR UPDATE;
 
 -- name: claim_due_fallbacks --
--- $1 limit int, $2 lease seconds float8. The at-most-once transition armed -> firing, with its event rows.
--- A timer fallback (no fire_reason yet) on a channel whose receipt-feed gate is closed is held instead.
+-- $1 limit int, $2 budget time zone text. Locks due armed fallbacks (FOR UPDATE SKIP LOCKED, earliest due first)
+-- with what the guards look at; the caller (guards.GuardStore.claim_due) decides and writes the at-most-once
+-- armed -> firing transition (apply_guard_verdicts) in the same transaction. Also returns the database clock and
+-- today's budget day in that zone.
 WITH due AS (
-    SELECT id, channel FROM messages
+    SELECT id, channel, to_number, fire_reason, urgent, due_at, last_error, params->>'CustSpaceId' AS space
+    FROM messages
     WHERE fallback_state = 'armed' AND due_at <= now()
       -- policy.is_success: a satisfied rule never fires (unreachable while receipts cancel, checked anyway)
       AND NOT (chat_state = 'read' OR (chat_state = 'delivered' AND fallback_rule <> 'unread'))
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
-), d AS (
-    SELECT due.id, (g.channel IS NOT NULL) AS gated
-    FROM due LEFT JOIN feed_health g ON g.channel = due.channel AND g.gate_closed
-), fired AS (
-    UPDATE messages m
-    SET fallback_state = CASE WHEN d.gated AND m.fire_reason IS NULL THEN 'held' ELSE 'firing' END,
-        hold_reason = CASE WHEN d.gated AND m.fire_reason IS NULL THEN 'feed_down' END,
-        fired_at = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE now() END,
-        fire_reason = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE coalesce(m.fire_reason, 'timeout') END,
-        fire_lease_until = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL
-                                ELSE now() + $2 * interval '1 second' END,
-        sms_attempts = m.sms_attempts + CASE WHEN d.gated AND m.fire_reason IS NULL THEN 0 ELSE 1 END,
-        sms_started_at = NULL,
-        due_at = CASE WHEN d.gated AND m.fire_reason IS NULL THEN NULL ELSE m.due_at END,
-        updated_at = now()
-    FROM d
-    -- `= ANY(ARRAY(...))` probes the primary key for exactly the claimed ids; a bare join lets the planner
-    -- hash-join against a sequential scan of messages (it did at 20,000 armed rows: a third of the time).
-    WHERE m.id = d.id AND m.id = ANY(ARRAY(SELECT id FROM due)) AND m.fallback_state = 'armed'
-    RETURNING m.id, m.to_number, m.sms_text, m.fire_reason, m.fallback_state, m.hold_reason, m.channel,
-              m.params->>'TemplateParams' AS template_params, m.due_at, m.sms_attempts,
-              coalesce(extract(epoch FROM (now() - m.fired_at)), 0)::float8 AS firing_age_s,
-              extract(epoch FROM (clock_timestamp() - m.due_at))::float8 AS lateness_s
-), ev AS (
-    INSERT INTO message_events (message_id, kind, detail)
-    SELECT id, CASE WHEN fallback_state = 'held' THEN 'fallback_held' ELSE 'fallback_fired' END,
-           jsonb_build_object('reason', coalesce(fire_reason, hold_reason), 'due_at', due_at,
-                              'lateness_ms', round(lateness_s * 1000))
-    FROM fired
 )
-SELECT id, to_number, sms_text, fire_reason, fallback_state, hold_reason, channel, template_params, lateness_s,
-       sms_attempts, firing_age_s
-FROM fired;
+SELECT due.id, due.channel, due.to_number, due.fire_reason, due.urgent, due.space, due.last_error,
+       (g.channel IS NOT NULL) AS gated,
+       EXISTS (SELECT 1 FROM sms_opt_outs o WHERE o.number = due.to_number) AS opted_out,
+       -- the Failed receipt's ErrorCode (errorclasses.py), read only for receipt-triggered fallbacks
+       CASE WHEN due.fire_reason = 'failed_receipt' THEN
+           (SELECT r.raw->>'ErrorCode' FROM receipts r
+            WHERE r.message_id = due.id AND r.kind = 'chatapp' AND r.status = 'Failed'
+            ORDER BY r.id DESC LIMIT 1) END AS receipt_error,
+       extract(epoch FROM now())::float8 AS now,
+       (now() AT TIME ZONE $2::text)::date AS budget_day
+FROM due LEFT JOIN feed_health g ON g.channel = due.channel AND g.gate_closed
+ORDER BY due.due_at, due.id;
 
 -- name: next_due_in --
 -- Seconds until the next armed fallback is due or the next SMS retry comes up (NULL: none). Served by the
