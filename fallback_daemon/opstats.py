@@ -155,3 +155,65 @@ async def collect(db: store.Store, window_s: int, *, receipt_sample: int = RECEI
             ],
         },
     }
+
+
+# ---- charts: per-minute series (GET /v1/stats/series) ---------------------------------------------------
+SERIES = ("sent", "delivered", "read", "failed", "fired", "sms_sent", "sms_delivered", "sms_failed")
+SERIES_WINDOW_DEFAULT, SERIES_WINDOW_MAX = 3 * 3600, 6 * 3600
+SERIES_SETTLE_S = 120.0  # a minute is rolled up this long after it closed (transactions still open)
+
+
+async def roll_up(db: store.Store, *, settle_s: float = SERIES_SETTLE_S) -> None:
+    """Roll the closed minutes since the mark (at most SERIES_WINDOW_MAX back) into event_minutes.
+
+    Lazy, on read (the page asks every few seconds; no loop of its own): each minute is counted from the
+    timeline once, and only the last few minutes are counted live on each read. A roll-up already running
+    elsewhere is skipped (the lock is taken with SKIP LOCKED). The first roll-up of a database, or after a
+    pause longer than the window, counts up to SERIES_WINDOW_MAX of events once.
+    """
+    async with db.transaction() as conn:
+        mark = await conn.fetchval(Q["series_lock_progress"])
+        if mark is None:
+            return
+        b = await conn.fetchrow(Q["series_bounds"], float(SERIES_WINDOW_MAX), settle_s, mark)
+        assert b is not None
+        if b["hi"] > b["lo"]:
+            await conn.execute(Q["series_roll_up"], b["lo"], b["hi"])
+            await conn.execute(Q["series_mark"], b["hi"])
+            await conn.execute(Q["series_purge"])
+
+
+async def series(
+    db: store.Store, window_s: int, channel: str | None = None, *, settle_s: float = SERIES_SETTLE_S
+) -> dict[str, Any]:
+    """Per-minute counts by channel over the last `window_s` seconds, oldest minute first (the current,
+    unfinished minute last), with a total over the channels."""
+    await roll_up(db, settle_s=settle_s)
+    async with db.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        b = await conn.fetchrow(Q["series_bounds"], float(window_s), settle_s, None)
+        mark = await conn.fetchval(Q["series_progress"])
+        now = await conn.fetchval(Q["db_now"])
+        assert b is not None
+        start: dt.datetime = b["range_start"]
+        rows = await conn.fetch(Q["series_read"], start, mark)
+    minutes = int((now - start).total_seconds() // 60) + 1
+    per: dict[str, dict[str, list[int]]] = {}
+    total = {s: [0] * minutes for s in SERIES}
+    for r in rows:
+        i = int((r["minute"] - start).total_seconds() // 60)
+        if not 0 <= i < minutes or r["series"] not in total or (channel and r["channel"] != channel):
+            continue
+        ch = per.setdefault(r["channel"], {s: [0] * minutes for s in SERIES})
+        ch[r["series"]][i] += int(r["n"])
+        total[r["series"]][i] += int(r["n"])
+    return {
+        "window_s": window_s,
+        "minute_s": 60,
+        "from": start.isoformat(),
+        "minutes": minutes,
+        "generated_at": now.isoformat(),
+        "rolled_through": _iso(mark),
+        "series": list(SERIES),
+        "channels": dict(sorted(per.items())),
+        "total": total,
+    }

@@ -403,3 +403,71 @@ async def test_search_uses_an_index_for_each_lookup(svc: service.Service, db: st
                 r[0] for r in await conn.fetch("EXPLAIN " + sql.queries["search_messages"], *args)
             )
             assert index in plan, plan
+
+
+class TestSeries:
+    """GET /v1/stats/series: per-minute counts for the page's charts, live for the last minutes and from the
+    event_minutes roll-up (migration 0007) for minutes that have closed."""
+
+    async def test_counts_live_then_from_the_roll_up(
+        self, daemon: app.Running, http: aiohttp.ClientSession
+    ) -> None:
+        await opsupport.seed_mixed(http, daemon.url)
+        # read (…0): sent, Delivered, Read; failed (…5): sent, Failed → fired, SMS sent and delivered;
+        # rejected (…8): refused by CAMS (not sent) → fired, SMS sent and delivered.
+        want = {"sent": 2, "delivered": 1, "read": 1, "failed": 1, "fired": 2, "sms_sent": 2,
+                "sms_delivered": 2, "sms_failed": 0}  # fmt: skip
+        body = await get(http, f"{daemon.url}/v1/stats/series?window=3600")
+        assert body["minutes"] == 61 and body["minute_s"] == 60
+        assert {s: sum(v) for s, v in body["total"].items()} == want
+        assert {s: sum(v) for s, v in body["channels"]["whatsapp"].items()} == want
+        assert all(len(v) == 61 for v in body["total"].values())
+        assert await daemon.svc.db.fetchval("SELECT count(*) FROM event_minutes") == 0  # nothing closed yet
+
+        # As if the traffic had come ten minutes ago, on a database never rolled up: the next read rolls
+        # those minutes up, and they stay counted after the timeline rows are gone.
+        await daemon.svc.db.execute("UPDATE message_events SET at = at - interval '10 minutes'")
+        await daemon.svc.db.execute("UPDATE event_minutes_progress SET rolled_through = '-infinity'")
+        rolled = await get(http, f"{daemon.url}/v1/stats/series?window=3600")
+        assert {s: sum(v) for s, v in rolled["total"].items()} == want
+        stored = await daemon.svc.db.fetch("SELECT series, sum(n)::int AS n FROM event_minutes GROUP BY 1")
+        assert {r["series"]: r["n"] for r in stored} == {k: v for k, v in want.items() if v}
+        await daemon.svc.db.execute("DELETE FROM message_events")
+        kept = await get(http, f"{daemon.url}/v1/stats/series?window=3600&channel=whatsapp")
+        assert kept["total"] == rolled["total"]
+        assert sum(kept["total"]["sent"][-13:-8]) == 2  # in the minutes around ten minutes ago
+        assert (await get(http, f"{daemon.url}/v1/stats/series?channel=viber"))["channels"] == {}
+
+    @pytest.mark.parametrize(
+        ("query", "field"),
+        [
+            ("window=59", "window"),
+            ("window=21601", "window"),
+            ("channel=Whats%20App", "channel"),
+            ("x=1", "x"),
+        ],
+    )
+    async def test_bad_parameters_are_400(
+        self, daemon: app.Running, http: aiohttp.ClientSession, query: str, field: str
+    ) -> None:
+        body = await get(http, f"{daemon.url}/v1/stats/series?{query}", status=400)
+        assert body["error"]["field"] == field
+
+
+async def test_sms_without_receipt_gauge_reads_its_partial_index(
+    svc: service.Service, db: store.Store
+) -> None:
+    """The `fallback_sms_without_receipt` gauge (metrics_overdue) reads messages_sms_sent (migration 0007),
+    not the table, among thousands of finished rows."""
+    reqs = [validation.validate_send({**opsupport.BODY, "To": f"6580{i:07d}"}) for i in range(3000)]
+    await svc.accept(reqs, [None] * len(reqs))
+    await db.execute(
+        "UPDATE messages SET fired_at = now() - interval '1 hour',"
+        " fallback_state = CASE WHEN random() < 0.02 THEN 'sms_sent' ELSE 'sms_delivered' END"
+    )
+    async with db.transaction() as conn:
+        await conn.execute("ANALYZE messages")
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN " + sql.queries["metrics_overdue"], 60.0, 900.0)
+        )
+    assert "messages_sms_sent" in plan, plan

@@ -3,8 +3,9 @@
 Against a daemon with real traffic in it (the sandbox as Alibaba: To …0 read, …5 failed → SMS, …8 rejected →
 SMS, …6 silent), the test signs in through the login form, checks the live counts, the timer histogram and
 the receipt feeds, searches a phone number and reads its timeline, and saves tests/artifacts/ui.png; a second
-test drives the page's actions (fire one fallback, drop a held group after a preview) with the operator token
-and saves tests/artifacts/ui-action.png.
+test signs in with the read token (FALLBACK_READ_TOKEN), checks the per-minute chart, and drives the page's
+actions (fire one fallback, drop a held group after a preview) with the operator token it then asks for, and
+saves tests/artifacts/ui-action.png.
 Chromium is Debian's `chromium` (`make test` installs it when missing).
 """
 
@@ -259,11 +260,17 @@ async def confirm(page: Page, reason: str, *, token: str | None) -> None:
     )
 
 
-async def test_ui_actions_fire_and_drop_with_preview(daemon: app.Running) -> None:
-    """From the page: fire one fallback (the timeline then shows the operator's fire and the SMS), and drop a
-    group of held fallbacks after a confirmation that previews their count; `/` and `/ui/` lead to /ui, the
-    feed-down alarm sits above the cards, the receipt-feeds card does not overflow, times say UTC."""
-    async with opsupport.client() as http:
+OPERATOR_TOKEN, READ_TOKEN = "operator-token-0123456789", "read-token-0123456789"
+
+
+async def test_ui_actions_fire_and_drop_with_preview(db_dsn: str) -> None:
+    """Signed in with the read token, the page reads, but its first action asks for the operator token: with
+    it, fire one fallback (the timeline then shows the operator's fire and the SMS), and drop a group of held
+    fallbacks after a confirmation that previews their count; the per-minute chart draws the traffic; `/` and
+    `/ui/` lead to /ui, the feed-down alarm sits above the cards, the receipt-feeds card does not overflow,
+    times say UTC."""
+    split = {"FALLBACK_OPERATOR_TOKEN": OPERATOR_TOKEN, "FALLBACK_READ_TOKEN": READ_TOKEN}
+    async with opsupport.running_daemon(db_dsn, **split) as daemon, opsupport.client() as http:
         for path in ("/", "/ui/"):
             async with http.get(f"{daemon.url}{path}", allow_redirects=False) as resp:
                 assert (resp.status, resp.headers["Location"]) == (303, "/ui")
@@ -281,9 +288,18 @@ async def test_ui_actions_fire_and_drop_with_preview(daemon: app.Running) -> Non
         )
 
         async with chromium() as page:
-            await page.send("Page.navigate", url=f"{daemon.url}/ui?token={opsupport.TOKEN}")
+            await page.send("Page.navigate", url=f"{daemon.url}/ui?token={READ_TOKEN}")
             await page.until("location.pathname === '/ui' && document.body.dataset.statsLoaded === '1'")
             assert re.fullmatch(r"updated \d\d:\d\d:\d\d UTC", await page.js("$('updated').textContent"))
+            await page.until("$('role').textContent.includes('read-only')")
+
+            # The chart: per-minute lines from /v1/stats/series (the seeded traffic is in the last minutes).
+            await page.until("document.body.dataset.chartLoaded === '1'")
+            totals = await page.js(
+                "Object.fromEntries([...document.querySelectorAll('#chart polyline')]"
+                ".map(p => [p.dataset.series, Number(p.dataset.total)]))"
+            )
+            assert totals["sent"] >= 4 and totals["fired"] >= 2 and totals["sms_sent"] >= 2, totals
             feeds_fit = "(() => { const s = $('feeds'); return s.scrollWidth <= s.clientWidth; })()"
             assert await page.js(feeds_fit)
 
@@ -291,7 +307,12 @@ async def test_ui_actions_fire_and_drop_with_preview(daemon: app.Running) -> Non
             await page.js(f"location.hash = 'm={armed}'; true")
             await page.until(f"document.body.dataset.timeline === {json.dumps(armed)}")
             await click(page, "#message-actions button", "Fire now")
-            await confirm(page, "VIP: do not wait", token=opsupport.TOKEN)
+            assert await page.js("$('action-token-label').hidden") is False  # a read-only session
+            assert await page.js("$('action-token-name').textContent") == "FALLBACK_OPERATOR_TOKEN"
+            await confirm(page, "VIP: do not wait", token=READ_TOKEN)  # the read token is refused (403) …
+            await page.until("!$('action-error').hidden")
+            assert "FALLBACK_OPERATOR_TOKEN" in await page.js("$('action-error').textContent")
+            await confirm(page, "VIP: do not wait", token=OPERATOR_TOKEN)  # … the operator token acts
             await page.until("document.body.dataset.lastAction === 'operator_fire'")
             await opsupport.wait_for(
                 http, daemon.url, armed, lambda v: v["fallback_state"] == "sms_delivered"
@@ -329,5 +350,7 @@ async def test_ui_actions_fire_and_drop_with_preview(daemon: app.Running) -> Non
 
             shot = await page.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             ACTION_SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
-            assert page.errors == [], page.errors
+            refused = [e for e in page.errors if "status of 403" in e and "/fire" in e]
+            assert len(refused) == 1, page.errors  # the read token's attempt, logged by Chromium
+            assert [e for e in page.errors if e not in refused] == [], page.errors
     assert ACTION_SCREENSHOT.stat().st_size > 10_000

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.cookies
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,11 +31,11 @@ async def daemon(db_dsn: str) -> AsyncIterator[app.Running]:
         yield running
 
 
-async def sign_in(url: str) -> http.cookies.Morsel[str]:
+async def sign_in(url: str, token: str = TOKEN) -> http.cookies.Morsel[str]:
     """POST the token to the login form; the session cookie it sets (checked to redirect to /ui)."""
     async with (
         aiohttp.ClientSession() as anon,
-        anon.post(f"{url}/ui/login", data={"token": TOKEN}, allow_redirects=False) as resp,
+        anon.post(f"{url}/ui/login", data={"token": token}, allow_redirects=False) as resp,
     ):
         assert resp.status == 303
         assert resp.headers["Location"] == "/ui"
@@ -221,3 +222,95 @@ class TestMetricsAccess:
                     assert "fallback_build_info" in await resp.text()
                 async with anon.get(f"{daemon.url}/healthz") as resp:
                     assert resp.status == 200
+
+
+OPERATOR_TOKEN, READ_TOKEN = "operator-token-0123456789", "read-token-0123456789"
+SPLIT = {"FALLBACK_OPERATOR_TOKEN": OPERATOR_TOKEN, "FALLBACK_READ_TOKEN": READ_TOKEN}
+
+
+async def session_info(url: str, cookie: str) -> tuple[int, dict[str, object]]:
+    async with (
+        aiohttp.ClientSession() as anon,
+        anon.get(f"{url}/ui/session", headers={"Cookie": f"{COOKIE}={cookie}"}) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def post_with(
+    url: str, path: str, cookie: str, csrf: str | None, body: object
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Cookie": f"{COOKIE}={cookie}"} | ({"X-CSRF-Token": csrf} if csrf is not None else {})
+    async with aiohttp.ClientSession() as anon, anon.post(url + path, json=body, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+class TestSessionRoles:
+    """With FALLBACK_OPERATOR_TOKEN and FALLBACK_READ_TOKEN set: which token signs in, and whether its session
+    may act (only an operator-token session, only with its CSRF header, never a send)."""
+
+    async def test_a_read_token_session_reads_but_cannot_act(self, db_dsn: str) -> None:
+        async with opsupport.running_daemon(db_dsn, **SPLIT) as daemon:
+            cookie = (await sign_in(daemon.url, READ_TOKEN)).value
+            assert await status_with(daemon.url, "/v1/stats", cookie) == 200
+            assert await status_with(daemon.url, "/v1/messages", cookie) == 200
+            status, info = await session_info(daemon.url, cookie)
+            assert (status, info["role"], info["can_act"]) == (200, "read", False)
+            assert info["operator_token"] == ["FALLBACK_OPERATOR_TOKEN"]
+            status, answer = await post_with(
+                daemon.url, "/v1/held/release", cookie, str(info["csrf_token"]), {"all": True}
+            )
+            assert status == 403
+            assert answer["error"]["tokens"] == ["FALLBACK_OPERATOR_TOKEN"]
+            assert "FALLBACK_READ_TOKEN" in answer["error"]["message"]
+
+    async def test_an_operator_session_acts_with_its_csrf_header_only(self, db_dsn: str) -> None:
+        async with opsupport.running_daemon(db_dsn, **SPLIT) as daemon, opsupport.client() as app_http:
+            mid = await opsupport.send(app_http, daemon.url, "6591234566")
+            await opsupport.wait_for(
+                app_http, daemon.url, mid, lambda v: any(e["kind"] == "chat_receipt" for e in v["events"])
+            )
+            cookie = (await sign_in(daemon.url, OPERATOR_TOKEN)).value
+            status, info = await session_info(daemon.url, cookie)
+            assert (status, info["role"], info["can_act"]) == (200, "operator", True)
+            csrf = str(info["csrf_token"])
+            cancel = f"/v1/messages/{mid}/cancel"
+            for bad in (None, "", "0" * 64, csrf[:-1]):
+                status, answer = await post_with(daemon.url, cancel, cookie, bad, {"reason": "x"})
+                assert status == 401, (bad, answer)
+            other = (await sign_in(daemon.url, OPERATOR_TOKEN)).value  # another session's CSRF token
+            status, _ = await post_with(daemon.url, cancel, other, csrf, {"reason": "x"})
+            assert status == 401
+            state = "SELECT fallback_state FROM messages WHERE id = $1::uuid"
+            assert await daemon.svc.db.fetchval(state, mid) == "armed"
+            status, answer = await post_with(
+                daemon.url, cancel, cookie, csrf, {"actor": "op@ui", "reason": "phoned"}
+            )
+            assert (status, answer["fallback_state"]) == (200, "cancelled")
+            # A session never sends, whatever its role.
+            body = {**opsupport.BODY, "To": "6591234000"}
+            status, _ = await post_with(daemon.url, "/v1/messages", cookie, csrf, body)
+            assert status == 401
+            assert await daemon.svc.db.fetchval("SELECT count(*) FROM messages") == 1
+
+    async def test_the_api_token_signs_in_only_while_no_read_token_is_set(self, db_dsn: str) -> None:
+        async with (
+            opsupport.running_daemon(db_dsn, **SPLIT) as daemon,
+            aiohttp.ClientSession() as anon,
+            anon.post(f"{daemon.url}/ui/login", data={"token": TOKEN}, allow_redirects=False) as resp,
+        ):
+            assert (resp.status, resp.headers["Location"]) == (303, "/ui/login?error=1")
+            assert COOKIE not in resp.cookies
+        async with opsupport.running_daemon(db_dsn) as daemon:  # compatible: the API token does everything
+            cookie = (await sign_in(daemon.url, TOKEN)).value
+            status, info = await session_info(daemon.url, cookie)
+            assert (status, info["role"], info["can_act"]) == (200, "api", True)
+            assert info["operator_token"] == ["FALLBACK_API_TOKEN"]
+        # The same API-token session after a read token is configured: no longer one that may read.
+        async with opsupport.running_daemon(db_dsn, **SPLIT) as daemon:
+            assert await status_with(daemon.url, "/ui", cookie) == 303
+            assert await status_with(daemon.url, "/v1/stats", cookie) == 401
+
+    async def test_session_info_needs_a_live_session(self, daemon: app.Running) -> None:
+        for cookie in ("", "A" * 43):
+            status, answer = await session_info(daemon.url, cookie)
+            assert status == 401 and "sign in" in str(answer)

@@ -196,3 +196,83 @@ FROM messages WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE;
 -- name: held_reason_of --
 -- $1 id uuid. Why the fallback is held (NULL when it is not held).
 SELECT hold_reason FROM messages WHERE id = $1 AND fallback_state = 'held';
+
+-- name: ui_session_token_fp --
+-- $1 SHA-256 (hex) of the presented /ui session id. The fingerprint of the token a live session (not revoked,
+-- not expired on the database clock) was opened with; web/ui.py maps it to the role of a current token (a
+-- changed or removed token matches none: the session is over). Table ui_sessions (migration 0006).
+SELECT token_fp FROM ui_sessions WHERE id_hash = $1 AND revoked_at IS NULL AND expires_at > now();
+
+-- ---- charts: per-minute series (opstats.series; tables of migration 0007) ----------------------------------
+
+-- name: series_lock_progress --
+-- The roll-up mark, locked; no row when another transaction is rolling up right now (it is skipped, not
+-- waited for: that one writes the same minutes).
+SELECT rolled_through FROM event_minutes_progress FOR UPDATE SKIP LOCKED;
+
+-- name: series_bounds --
+-- $1 range seconds float8, $2 settle seconds float8, $3 rolled_through timestamptz. The minutes to roll up
+-- now: from the mark (at most the chart's range back) to the last minute that closed $2 seconds ago (an event
+-- is stamped when inserted and seen at commit: the settle time covers transactions still open).
+SELECT greatest($3::timestamptz, date_trunc('minute', now() - $1 * interval '1 second')) AS lo,
+       date_trunc('minute', now() - $2 * interval '1 second') AS hi,
+       date_trunc('minute', now() - $1 * interval '1 second') AS range_start;
+
+-- name: series_roll_up --
+-- $1 lo timestamptz, $2 hi timestamptz. Counts of [lo, hi) from the timeline (message_events_at_brin) into
+-- event_minutes; the same series as series_live.
+INSERT INTO event_minutes (minute, channel, series, n)
+SELECT date_trunc('minute', e.at), m.channel, s.series, count(*)
+FROM message_events e
+JOIN messages m ON m.id = e.message_id
+CROSS JOIN LATERAL (SELECT CASE
+    WHEN e.kind = 'send_ok' THEN 'sent'
+    WHEN e.kind = 'chat_receipt' AND e.detail->>'status' = 'Delivered' THEN 'delivered'
+    WHEN e.kind = 'chat_receipt' AND e.detail->>'status' = 'Read' THEN 'read'
+    WHEN e.kind = 'chat_receipt' AND e.detail->>'status' = 'Failed' THEN 'failed'
+    WHEN e.kind = 'fallback_fired' THEN 'fired'
+    WHEN e.kind = 'sms_sent' THEN 'sms_sent'
+    WHEN e.kind = 'sms_receipt' AND e.detail->>'outcome' = 'sms_delivered' THEN 'sms_delivered'
+    WHEN e.kind = 'sms_receipt' AND e.detail->>'outcome' = 'sms_failed' THEN 'sms_failed'
+END AS series) s
+WHERE e.at >= $1::timestamptz AND e.at < $2::timestamptz
+  AND e.kind IN ('send_ok', 'chat_receipt', 'fallback_fired', 'sms_sent', 'sms_receipt')
+  AND s.series IS NOT NULL
+GROUP BY 1, 2, 3
+ON CONFLICT DO NOTHING;
+
+-- name: series_mark --
+-- $1 hi timestamptz. Everything before it is rolled up.
+UPDATE event_minutes_progress SET rolled_through = $1::timestamptz WHERE rolled_through < $1::timestamptz;
+
+-- name: series_progress --
+-- The roll-up mark (NULL: nothing rolled up yet).
+SELECT nullif(rolled_through, '-infinity') FROM event_minutes_progress;
+
+-- name: series_purge --
+-- Roll-up minutes older than the longest chart range (2 days, by the primary key's leading column).
+DELETE FROM event_minutes WHERE minute < now() - interval '2 days';
+
+-- name: series_read --
+-- $1 range start timestamptz, $2 rolled_through timestamptz (NULL: none yet). The chart: rolled-up minutes of [start, mark),
+-- then the minutes since the mark counted live from the timeline (a few minutes, message_events_at_brin).
+SELECT minute, channel, series, n FROM event_minutes
+WHERE minute >= $1::timestamptz AND minute < coalesce($2::timestamptz, '-infinity')
+UNION ALL
+SELECT date_trunc('minute', e.at) AS minute, m.channel, s.series, count(*) AS n
+FROM message_events e
+JOIN messages m ON m.id = e.message_id
+CROSS JOIN LATERAL (SELECT CASE
+    WHEN e.kind = 'send_ok' THEN 'sent'
+    WHEN e.kind = 'chat_receipt' AND e.detail->>'status' = 'Delivered' THEN 'delivered'
+    WHEN e.kind = 'chat_receipt' AND e.detail->>'status' = 'Read' THEN 'read'
+    WHEN e.kind = 'chat_receipt' AND e.detail->>'status' = 'Failed' THEN 'failed'
+    WHEN e.kind = 'fallback_fired' THEN 'fired'
+    WHEN e.kind = 'sms_sent' THEN 'sms_sent'
+    WHEN e.kind = 'sms_receipt' AND e.detail->>'outcome' = 'sms_delivered' THEN 'sms_delivered'
+    WHEN e.kind = 'sms_receipt' AND e.detail->>'outcome' = 'sms_failed' THEN 'sms_failed'
+END AS series) s
+WHERE e.at >= greatest($1::timestamptz, $2::timestamptz)  -- greatest() skips a NULL mark
+  AND e.kind IN ('send_ok', 'chat_receipt', 'fallback_fired', 'sms_sent', 'sms_receipt')
+  AND s.series IS NOT NULL
+GROUP BY 1, 2, 3;

@@ -1,8 +1,10 @@
 // The operator page: polls GET /v1/stats, searches GET /v1/messages, shows GET /v1/messages/{id}, and acts
 // through the operator API (cancel, fire, redrive, held release/drop) after a confirmation dialog.
 // Every value from the API is untrusted (it carries provider receipts): it is only ever set as textContent.
-// Reads use the session cookie; actions send the operator token as a bearer header (the cookie never
-// authorises a POST). The token is asked for once and kept in this tab's memory only.
+// Reads use the session cookie. Actions: a session signed in with a token that may act (GET /ui/session:
+// can_act) sends the cookie with the session's X-CSRF-Token header; a read-only session asks for the operator
+// token once and sends it as a bearer header, kept in this tab's memory only.
+// Charts: GET /v1/stats/series (per-minute counts), drawn as inline SVG (no library; CSP allows none).
 // All times are shown in UTC, 24-hour.
 "use strict";
 
@@ -17,6 +19,7 @@ let lastQuery = null;
 let operatorToken = null; // in memory only: never in storage, cookies or the address bar
 let pendingAction = null;
 let lastStats = null;
+let session = null; // GET /ui/session: {role, can_act, operator_token, csrf_token}
 
 async function api(path) {
   const resp = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
@@ -183,8 +186,10 @@ function openAction(action) {
     + action.count + "." : "");
   $("action-preview").dataset.count = action.count === undefined ? "" : String(action.count);
   $("action-error").hidden = true;
-  $("action-token-label").hidden = operatorToken !== null;
-  $("action-token").required = operatorToken === null;
+  const needToken = operatorToken === null && !(session && session.can_act);
+  $("action-token-label").hidden = !needToken;
+  $("action-token").required = needToken;
+  if (session) $("action-token-name").textContent = session.operator_token.join(" or ");
   $("action-dialog").showModal();
   $("action-reason").focus();
 }
@@ -193,24 +198,29 @@ async function confirmAction(ev) {
   ev.preventDefault();
   const action = pendingAction;
   if (!action) return;
+  const bySession = operatorToken === null && session && session.can_act;
   const token = operatorToken !== null ? operatorToken : $("action-token").value;
   const body = { ...action.body, actor: $("action-actor").value, reason: $("action-reason").value };
+  const headers = { "Content-Type": "application/json", Accept: "application/json" };
+  if (bySession) headers["X-CSRF-Token"] = session.csrf_token;
+  else headers.Authorization = "Bearer " + token;
   $("action-confirm").disabled = true;
   try {
-    const resp = await fetch(action.path, { method: "POST", credentials: "omit", headers: {
-      "Content-Type": "application/json", Accept: "application/json", Authorization: "Bearer " + token },
-    body: JSON.stringify(body) });
+    const resp = await fetch(action.path, { method: "POST", credentials: bySession ? "same-origin" : "omit",
+      headers, body: JSON.stringify(body) });
     const answer = await resp.json();
-    if (resp.status === 401) {
+    if (resp.status === 401 || resp.status === 403) {
       operatorToken = null;
       $("action-token-label").hidden = false;
-      throw new Error("the operator token was refused");
+      $("action-token").required = true;
+      const err = answer.error || {};
+      throw new Error("refused: " + (err.message || resp.statusText));
     }
     if (!resp.ok) {
       const err = answer.error || {};
       throw new Error((err.field ? err.field + ": " : "") + (err.message || resp.statusText));
     }
-    operatorToken = token;
+    if (!bySession) operatorToken = token;
     $("action-dialog").close();
     $("action-token").value = "";
     $("action-reason").value = "";
@@ -264,6 +274,71 @@ async function refreshStats() {
     problem("");
   } catch (e) {
     problem("stats: " + e.message);
+  }
+}
+
+// ---- charts -----------------------------------------------------------------------------------------
+const CHART_SERIES = ["sent", "delivered", "read", "fired", "sms_sent", "sms_delivered"];
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function renderSeries(body) {
+  const channel = $("chart-channel").value;
+  const known = Object.keys(body.channels);
+  const select = $("chart-channel");
+  const have = [...select.options].map((o) => o.value);
+  for (const c of known) if (!have.includes(c)) { const o = el("option", c); o.value = c; select.append(o); }
+  const data = channel && body.channels[channel] ? body.channels[channel] : body.total;
+  const W = 640, H = 150, L = 40, B = 18;
+  const n = body.minutes;
+  const max = Math.max(1, ...CHART_SERIES.flatMap((s) => data[s]));
+  const x = (i) => L + (n > 1 ? i * (W - L - 4) / (n - 1) : 0);
+  const y = (v) => 4 + (H - B - 4) * (1 - v / max);
+  const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img", class: "chart",
+    "aria-label": "per-minute counts" });
+  chart.append(svg("line", { x1: L, y1: y(0), x2: W - 4, y2: y(0), class: "axis" }),
+    svg("text", { x: L - 4, y: y(max) + 8, "text-anchor": "end", class: "tick" }, max),
+    svg("text", { x: L - 4, y: y(0), "text-anchor": "end", class: "tick" }, 0));
+  const start = new Date(body.from).getTime();
+  for (const [i, anchor] of [[0, "start"], [Math.floor((n - 1) / 2), "middle"], [n - 1, "end"]]) {
+    const label = new Date(start + i * 60000).toISOString().slice(11, 16);
+    chart.append(svg("text", { x: x(i), y: H - 4, "text-anchor": anchor, class: "tick" }, label));
+  }
+  for (const s of CHART_SERIES) {
+    const points = data[s].map((v, i) => x(i).toFixed(1) + "," + y(v).toFixed(1)).join(" ");
+    chart.append(svg("polyline", { points, class: "line s-" + s, "data-series": s,
+      "data-total": data[s].reduce((a, b) => a + b, 0) }));
+  }
+  const legend = el("p", null, "legend");
+  for (const s of CHART_SERIES) {
+    const total = data[s].reduce((a, b) => a + b, 0);
+    legend.append(el("span", s + " " + total, "key s-" + s));
+  }
+  $("chart").replaceChildren(chart, legend);
+  document.body.dataset.chartLoaded = "1";
+}
+
+async function refreshSeries() {
+  try {
+    renderSeries(await api("/v1/stats/series?window=" + encodeURIComponent($("chart-window").value)));
+  } catch (e) {
+    problem("charts: " + e.message);
+  }
+}
+
+async function loadSession() {
+  try {
+    session = await api("/ui/session");
+    $("role").textContent = "signed in with " + session.signed_in_with + (session.can_act ? " (may act)"
+      : " (read-only: actions ask for " + session.operator_token.join(" or ") + ")");
+  } catch (e) {
+    problem("session: " + e.message);
   }
 }
 
@@ -369,6 +444,11 @@ $("action-back").addEventListener("click", () => { pendingAction = null; $("acti
 $("release-all").addEventListener("click", () => bulkAll("release"));
 $("drop-all").addEventListener("click", () => bulkAll("drop"));
 window.addEventListener("hashchange", onHash);
+$("chart-window").addEventListener("change", refreshSeries);
+$("chart-channel").addEventListener("change", refreshSeries);
+loadSession();
 refreshStats();
+refreshSeries();
 setInterval(refreshStats, 5000);
+setInterval(refreshSeries, 15000);
 onHash();
