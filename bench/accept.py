@@ -74,11 +74,12 @@ async def raw(
     try:
 
         async def single(i: int) -> None:
-            await pool.fetch(q, *columns([replicas.body(i)], [f"raw-{i}"]), None)
+            # $13 notify channel (none), $14 urgent per row (FallBackUrgent, guards.py)
+            await pool.fetch(q, *columns([replicas.body(i)], [f"raw-{i}"]), None, [False])
 
         async def batch(j: int) -> None:
             items = [replicas.body(j * BATCH + k) for k in range(BATCH)]
-            await pool.fetch(q, *columns(items, [None] * BATCH), None)
+            await pool.fetch(q, *columns(items, [None] * BATCH), None, [False] * BATCH)
 
         return (
             await closed_loop(n_single, SINGLE_CONCURRENCY, single),

@@ -32,6 +32,7 @@ Q = sql.parse((pathlib.Path(__file__).parent / "queries.sql").read_text())
 API_TOKEN = "bench-api-token-0123456789"  # noqa: S105 (a local benchmark's own token)
 RECEIPT_TOKEN = "bench-receipt-token-0123456789"  # noqa: S105 (likewise)
 SANDBOX_AK, SANDBOX_SK = "bench-access-key", "bench-access-secret-0123"
+DAEMON_LOOP = os.environ.get("BENCH_DAEMON_LOOP", "asyncio")  # asyncio | uvloop
 
 
 def load() -> str:
@@ -62,6 +63,7 @@ class Metric:
     unit: str
     daemon: float | None
     raw: float | None = None
+    dbos: float | None = None  # the DBOS Transact peer's figure (bench/dbos_peer.py), when measured
     target: str = ""
     ok: bool | None = None
     note: str = ""
@@ -188,8 +190,11 @@ class Bench:
     ) -> AsyncIterator[Proc]:
         """Run `python -m fallback_daemon <args>` (output in the log folder); SIGTERM at exit."""
         log = (self.log_dir / f"{name}.log").open("wb")
+        # BENCH_DAEMON_LOOP=uvloop runs the daemon under uvloop (bench/uvloop_daemon.py): a lever measured
+        # without changing the daemon. The sandbox always runs on the stdlib loop.
+        module = "bench.uvloop_daemon" if args[0] == "run" and DAEMON_LOOP == "uvloop" else "fallback_daemon"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fallback_daemon", *args, env=dict(env), stdout=log, stderr=log, cwd=ROOT
+            sys.executable, "-m", module, *args, env=dict(env), stdout=log, stderr=log, cwd=ROOT
         )
         handle = Proc(name, proc, url)
         try:
@@ -313,6 +318,10 @@ class CpuMeter:
         wall = time.monotonic() - self._t0
         used = sum(self._cpu(p) - self._start.get(p.pid, 0.0) for p in self.procs)
         return 100.0 * used / wall if wall > 0 else math.nan
+
+    def used_s(self) -> float:
+        """CPU seconds used since `start()` (user + system, all the processes)."""
+        return sum(self._cpu(p) - self._start.get(p.pid, 0.0) for p in self.procs)
 
 
 def postgres_processes(data_dir: pathlib.Path | None) -> list[psutil.Process]:

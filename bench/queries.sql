@@ -6,7 +6,8 @@
 CREATE TABLE IF NOT EXISTS raw_messages (LIKE messages INCLUDING ALL);
 
 -- name: truncate --
-TRUNCATE messages, message_events, receipts, raw_messages;
+-- CASCADE: tables other features add that reference messages (webhook_sequences, ...) are emptied with it.
+TRUNCATE messages, message_events, receipts, raw_messages CASCADE;
 
 -- name: seed_armed --
 -- $1 count int, $2 first due (unix time) float8, $3 spread seconds float8 (row i is due at $2 + $3*i/$1),
@@ -128,3 +129,11 @@ SELECT count(*) FROM receipts WHERE applied_at IS NOT NULL;
 -- name: sample_ids --
 -- Up to 500 message ids from a 1% sample (arguments for EXPLAIN of the by-id queries).
 SELECT id FROM messages TABLESAMPLE SYSTEM (1) LIMIT 500;
+
+-- name: first_fired --
+-- Unix time of the first fallback_fired event (the restart row: the first due timer fired), NULL before.
+SELECT extract(epoch FROM min(at))::float8 FROM message_events WHERE kind = 'fallback_fired';
+
+-- name: table_bytes --
+-- $1 table names text[]: their total size on disk (heap, indexes, TOAST), in bytes.
+SELECT coalesce(sum(pg_total_relation_size(t::regclass)), 0)::bigint FROM unnest($1::text[]) AS t;

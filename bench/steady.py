@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
 import statistics
 import time
 from typing import Any
@@ -80,6 +82,34 @@ async def generate(url: str, rate: float, seconds: float) -> tuple[int, list[flo
     return i, latencies, errors
 
 
+async def start_profiler(pid: int, seconds: float) -> asyncio.subprocess.Process | None:
+    """BENCH_PYSPY=<file>: py-spy samples the daemon through the posting window (collapsed stacks, 100 Hz).
+
+    `py-spy record` needs ptrace rights (root, or CAP_SYS_PTRACE); idle samples are left out, so the profile
+    is where the daemon spent CPU. Summarise with `python -m bench.profile_top <file>`.
+    """
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return None
+    return await asyncio.create_subprocess_exec(
+        os.environ.get("BENCH_PYSPY_BIN", "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(1, int(seconds))),
+        "--rate",
+        "100",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        out,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def run(b: harness.Bench) -> harness.Result:
     seconds = 2.0 if b.quick else 60.0
     result = harness.Result(scenario="2 steady load")
@@ -104,10 +134,14 @@ async def run(b: harness.Bench) -> harness.Result:
                 "sandbox": harness.CpuMeter([sb.ps]),
                 "postgres": harness.CpuMeter(harness.postgres_processes(b.pg_data)),
             }
+            # The daemon's CPU from the first post until the lifecycles it started are done (backlog sent,
+            # fallbacks fired by Failed receipts sent): CPU-seconds per message lifecycle.
+            lifecycle = harness.CpuMeter([daemon.ps])
             await asyncio.sleep(max(0.0, t_start - time.time()))
             async with aiohttp.ClientSession() as http, http.post(f"{sb.url}/sandbox/reset") as resp:
                 resp.raise_for_status()
-            for m in meters.values():
+            profiler = await start_profiler(daemon.proc.pid, seconds)
+            for m in [*meters.values(), lifecycle]:
                 m.start()
             posted, post_lat, post_errors = await generate(d_url, RATE, seconds)
             cpu = {k: m.stop() for k, m in meters.items()}
@@ -116,7 +150,15 @@ async def run(b: harness.Bench) -> harness.Result:
             async def drained() -> bool:
                 return not await conn.fetchval(Q["count_chat"], ["accepted", "sending"])
 
+            async def settled() -> bool:
+                return not await conn.fetchval(Q["count_fallback"], ["firing"])
+
             backlog_s = await harness.until(drained, "the send backlog to drain", timeout_s=120)
+            await harness.until(settled, "the fired fallbacks to be sent", timeout_s=120)
+            await asyncio.sleep(1.0)  # the last receipts (0-50 ms delay, 5 ms batching) and their writes
+            cpu_s = lifecycle.used_s()
+            if profiler is not None:
+                await profiler.wait()
             async with aiohttp.ClientSession() as http, http.get(f"{sb.url}/sandbox/rates") as resp:
                 rates = await resp.json()
         seeded = [r["s"] for r in await conn.fetch(Q["seeded_lateness"])]
@@ -126,12 +168,14 @@ async def run(b: harness.Bench) -> harness.Result:
         await conn.close()
     report(
         result,
+        shared=b.shared,
         rates=rates,
         raw=raw,
         seeded=seeded,
         immediate=immediate,
         receipt=receipt,
         cpu=cpu,
+        cpu_s=cpu_s,
         posted=posted,
         post_lat=post_lat,
         post_errors=post_errors,
@@ -144,12 +188,14 @@ async def run(b: harness.Bench) -> harness.Result:
 def report(
     result: harness.Result,
     *,
+    shared: dict[str, float],
     rates: dict[str, Any],
     raw: list[float],
     seeded: list[float],
     immediate: list[float],
     receipt: list[float],
     cpu: dict[str, float],
+    cpu_s: float,
     posted: int,
     post_lat: list[float],
     post_errors: int,
@@ -160,6 +206,13 @@ def report(
     full = replicas.saturated(rates["per_second"], busy[0], busy[-1]) if busy else []
     counts = [a for _, a in full]
     mean = statistics.fmean(counts) if counts else 0.0
+    shared.update(
+        steady_rate=mean,
+        steady_timer_p99=harness.pct(seeded, 99),
+        steady_timer_raw_p99=harness.pct(raw, 99),
+        steady_cpu_ms=1000 * cpu_s / posted if posted else math.nan,
+        steady_throttled=float(rates["throttled"]),
+    )
     result.details.update(
         {
             "posted": posted,
@@ -170,6 +223,8 @@ def report(
             "per_second": rates["per_second"],
             "throttled": rates["throttled"],
             "cpu_percent_of_one_core": cpu,
+            "daemon_cpu_s_lifecycles": cpu_s,
+            "cpu_ms_per_message": 1000 * cpu_s / posted if posted else None,
             "timers": len(seeded),
             "immediate_fallbacks": len(immediate),
             "receipts": len(receipt),
@@ -205,4 +260,13 @@ def report(
         unit="% of a core",
         daemon=cpu["daemon"],
         note=f"sandbox {cpu['sandbox']:.0f}%, Postgres {cpu['postgres']:.0f}% of a core",
+    )
+    result.add(
+        name="daemon CPU per message lifecycle",
+        unit="ms/msg",
+        daemon=1000 * cpu_s / posted if posted else None,
+        target="<= 1 ms",
+        ok=bool(posted) and 1000 * cpu_s / posted <= 1.0,
+        note=f"{cpu_s:.1f} CPU-s over {posted} messages, first post -> lifecycles done"
+        f" (includes the {len(seeded)} seeded timers' SMS)",
     )

@@ -127,6 +127,7 @@ async def run(b: harness.Bench) -> harness.Result:
                 runs[kind].append(await burst(conn, svc, kind, n))
         raw, dmn = median(runs["raw"]), median(runs["daemon"])
         b.shared["burst_p99"] = dmn.p99
+        b.shared.update(burst_rate=dmn.rate, burst_raw_rate=raw.rate, burst_raw_p99=raw.p99)
         result.details["claim_runs"] = {k: [d.to_json() for d in v] for k, v in runs.items()}
         result.add(
             name=f"claim+transition, {n} due at once",

@@ -1,0 +1,167 @@
+"""`python -m bench.micro`: micro-benchmarks of two per-message costs, to judge levers before changing code.
+
+1. JSON codecs on the payloads the daemon handles per message: an accept body (one message, and a batch of
+   500), a receipt push (100 ChatApp reports), and the jsonb parameter of one stored message; encode and
+   decode with the stdlib `json` (what the daemon uses), `orjson` and `msgspec.json`, where installed.
+2. The decision log line: structlog's processor chain as `fallback_daemon.logs` configures it (contextvars,
+   level, ISO timestamp, exc_info, `mask_phones`, `scrub_secrets`, JSON renderer) on a typical `decision`
+   event, against the same chain without the two scrubbing processors and with orjson rendering.
+
+Figures are microseconds per operation (best of 5 repeats), single-threaded, on whatever else the machine is
+running; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import sys
+import timeit
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from bench import replicas
+from fallback_daemon import config, logs
+
+
+def best_us(fn: Callable[[], Any], number: int) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+def receipt(i: int) -> dict[str, Any]:
+    """A ChatApp status report as the provider pushes it (an array of these per push)."""
+    return {
+        "MessageId": f"0a1b2c3d4e5f{i:08d}",
+        "Status": "Delivered",
+        "Timestamp": 1764650000000 + i,
+        "From": "6580000000",
+        "To": f"65{i:08d}",
+        "ChannelType": "whatsapp",
+        "ErrorCode": "",
+        "ErrorDescription": "",
+        "ConversationId": f"conv-{i}",
+    }
+
+
+def payloads() -> dict[str, Any]:
+    one = replicas.body(7)
+    return {
+        "accept, 1 message": one,
+        "accept batch, 500": {"messages": [replicas.body(i) for i in range(500)]},
+        "receipt push, 100 reports": [receipt(i) for i in range(100)],
+        "jsonb params, 1 message": {"ChannelType": "whatsapp", "TemplateParams": {"order": "7"}},
+    }
+
+
+Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+
+
+def codecs() -> dict[str, Codec]:
+    out: dict[str, Codec] = {"json (stdlib)": (json.dumps, json.loads)}
+    try:
+        orjson = importlib.import_module("orjson")
+        out["orjson"] = (orjson.dumps, orjson.loads)
+    except ImportError:
+        pass
+    try:
+        msgspec_json = importlib.import_module("msgspec.json")
+        out["msgspec.json"] = (msgspec_json.encode, msgspec_json.decode)
+    except ImportError:
+        pass
+    return out
+
+
+def json_table() -> list[str]:
+    lines = ["payload | bytes | " + " | ".join(f"{n} enc / dec µs" for n in codecs())]
+    for name, value in payloads().items():
+        text = json.dumps(value)
+        number = 20 if len(text) > 50_000 else 2000
+        cells = []
+        for enc, dec in codecs().values():
+            encoded = enc(value)
+            enc_us = best_us(lambda e=enc, v=value: e(v), number)
+            dec_us = best_us(lambda d=dec, b=encoded: d(b), number)
+            cells.append(f"{enc_us:.1f} / {dec_us:.1f}")
+        lines.append(f"{name} | {len(text):,} | " + " | ".join(cells))
+    return lines
+
+
+def decision_event() -> dict[str, Any]:
+    """The keywords of a typical `decision` line (outcomes.py: a Delivered receipt cancels a timer)."""
+    return {
+        "message_id": str(uuid.uuid4()),
+        "kind": "receipt_delivered",
+        "status": "Delivered",
+        "provider_message_id": "0a1b2c3d4e5f00000007",
+        "receipt_at": "2026-12-02T04:30:00.123000+00:00",
+        "outcome": "cancelled",
+        "chat": "delivered",
+        "fallback": "cancelled",
+        "to": "6500000007",
+    }
+
+
+def logger_for(processors: list[Any]) -> tuple[Any, io.StringIO]:
+    out = io.StringIO()
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(20),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    return structlog.get_logger(), out
+
+
+def log_table() -> list[str]:
+    logs.register_secrets(
+        config.Settings(
+            api_token=config.Secret("bench-api-token-0123456789"),
+            receipt_token=config.Secret("bench-receipt-token-0123456789"),
+        )
+    )
+    event = decision_event()
+    full = logs.processors()
+    unscrubbed = [p for p in full if p not in (logs.mask_phones, logs.scrub_secrets)]
+    chains: dict[str, list[Any]] = {
+        "as configured (json renderer)": [*full, structlog.processors.JSONRenderer()],
+        "without mask_phones + scrub_secrets": [*unscrubbed, structlog.processors.JSONRenderer()],
+    }
+    try:
+        orjson = importlib.import_module("orjson")
+        chains["as configured, orjson renderer"] = [
+            *full,
+            structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o).decode()),
+        ]
+    except ImportError:
+        pass
+    lines = ["chain | µs per line"]
+    for name, chain in chains.items():
+        log, out = logger_for(chain)
+
+        def line(log: Any = log, out: io.StringIO = out) -> None:
+            log.info("decision", **event)
+            out.seek(0)
+            out.truncate()
+
+        lines.append(f"{name} | {best_us(line, 5000):.1f}")
+    ev = {"event": "decision", **event}
+    for name, proc in (("mask_phones alone", logs.mask_phones), ("scrub_secrets alone", logs.scrub_secrets)):
+        lines.append(f"{name} | {best_us(lambda p=proc: p(None, 'info', dict(ev)), 20000):.1f}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__).parse_args(argv)
+    print("\n".join(json_table()))
+    print()
+    print("\n".join(log_table()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
