@@ -25,11 +25,13 @@ from fallback_daemon import (
     consumers,
     embedded,
     errors,
+    guards,
     health,
     logs,
     loops,
     migrate,
     model,
+    ports,
     ratelimit,
     service,
     store,
@@ -38,7 +40,9 @@ from fallback_daemon import (
     web as web_,
 )
 from fallback_daemon.providers import acs, aws, cams, dybaseapi, mns, sms_routing, sqs
+from fallback_daemon.providers import credentials as credentials_mod
 from fallback_daemon.web import keys
+from fallback_daemon.web import tokens as web_tokens
 
 log = structlog.get_logger("fallback_daemon.app")
 SANDBOX_API_TOKEN = "sandbox-token-not-secret"  # noqa: S105 - only with --sandbox / demo (documented)
@@ -149,6 +153,7 @@ async def open_sandbox(
             settings,
             access_key_id=sb_config.access_key_id,
             access_key_secret=config.Secret(sb_config.access_key_secret),
+            security_token=config.Secret(""),  # the sandbox's key is a permanent one
             cams_endpoint=sb.url,
             sms_endpoint=sb.url,
             sms_from=settings.sms_from or "Fallback",
@@ -162,9 +167,20 @@ async def open_sandbox(
         await sb.close()
 
 
+def alibaba_credentials(
+    settings: config.Settings, session: aiohttp.ClientSession, *, sts_endpoint: str | None
+) -> credentials_mod.CredentialsProvider:
+    """The chain's source; the (possibly empty) static AccessKey when none is set up, which check_can_run
+    allows only with --sandbox."""
+    found = credentials_mod.from_settings(settings, session=session, sts_endpoint=sts_endpoint)
+    return found or credentials_mod.static(settings.access_key_id, settings.access_key_secret)
+
+
 def check_can_run(settings: config.Settings, *, use_sandbox: bool) -> None:
     if not use_sandbox:
         missing = settings.provider_credentials_missing
+        if credentials_mod.source(settings) in ("oidc_role_arn", "profile"):  # no AccessKey needed
+            missing = [m for m in missing if not m.startswith("ALIBABA_CLOUD_ACCESS_KEY")]
         if missing:
             also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
             raise errors.ConfigError(missing[0], f"required without --sandbox{also}")
@@ -205,13 +221,15 @@ async def serve(
         )
         stack.push_async_callback(acs.close_quietly, session)
 
+        # Alibaba's credential chain (docs/credentials.md): one source shared by every signed client.
+        alibaba_creds = alibaba_credentials(settings, session, sts_endpoint=sandbox_url)
+
         def client(endpoint: str, version: str) -> acs.AcsClient:
             return acs.AcsClient(
                 session,
                 endpoint=endpoint,
                 version=version,
-                access_key_id=settings.access_key_id,
-                access_key_secret=settings.access_key_secret.reveal(),
+                credentials=alibaba_creds,
                 timeout_s=settings.send_timeout_s,
             )
 
@@ -228,12 +246,15 @@ async def serve(
             domestic_endpoint=sandbox_url or settings.sms_domestic_endpoint,
         )
         # --- end SMS providers ---
+        feed = ports.FeedClock()  # receipt times: written by ingest (svc), read by the feed gate
         svc = service.Service(
             db,
             sms_template=settings.sms_template,
             timer_scale=settings.sandbox_timer_scale if use_sandbox else 1.0,
             reconcile_delay_s=settings.reconcile_delay_s,
+            feed=feed,
         )
+        svc.guard_config = guards.GuardConfig.from_settings(settings)  # checked by the timer claim
         limiter = ratelimit.RateLimiter(
             db, name="cams", rate=settings.send_rate, headroom=settings.send_burst
         )
@@ -264,7 +285,12 @@ async def serve(
             reconcile_max_attempts=settings.reconcile_max_attempts,
             reconcile_delay_s=settings.reconcile_delay_s,
         )
-        gate = health.GateLoop(svc, window_s=settings.gate_window_s, per_channel=dict(settings.gate_channels))
+        gate = health.GateLoop(
+            health.PgGateStore(db),
+            feed=feed,
+            window_s=settings.gate_window_s,
+            per_channel=dict(settings.gate_channels),
+        )
         queue_consumers: list[consumers.QueueConsumer] = []
         # --- queue consumers (MNS, SQS): append QueueConsumer objects here ---
         queue_consumers += [
@@ -287,8 +313,7 @@ async def serve(
                 session,
                 endpoint=sandbox_url or settings.dybaseapi_endpoint,
                 version=settings.dybaseapi_version,
-                access_key_id=mns_ak,
-                access_key_secret=mns_sk,
+                credentials=credentials_mod.static(mns_ak, mns_sk) if own_key else alibaba_creds,
                 timeout_s=settings.send_timeout_s,
             )
             mns_endpoint = sandbox_url or mns.endpoint_for(settings.mns_mode, settings.mns_endpoint)
@@ -330,6 +355,7 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         log.info("daemon_started", url=url, sandbox=sandbox_url, recovery_mode=settings.recovery_mode)
+        web_tokens.log_warnings(settings)  # the API token still opens operator actions
         ready = asyncio.Event()
         app[keys.READY]["ready"] = True
         ready.set()
@@ -385,9 +411,26 @@ def supervised_loops(
     if settings.retention_days > 0:
         from fallback_daemon import retention  # only this block knows the module
 
-        purge = retention.RetentionLoop(db, days=settings.retention_days, batch=settings.retention_batch)
+        purge = retention.RetentionLoop(
+            retention.PgRetentionStore(db), days=settings.retention_days, batch=settings.retention_batch
+        )
         runs["retention"] = functools.partial(purge.run, stop)
     # --- end retention ---
+    # --- outcome events (webhooks, docs/webhooks.md): their own loop, never on the send path ---
+    from fallback_daemon import webhooks  # only this block knows the module
+
+    deliverer = webhooks.WebhookLoop(
+        webhooks.WebhookStore(db),
+        schedule=settings.webhook_retry_schedule,
+        timeout_s=settings.webhook_timeout_s,
+        disable_after_s=settings.webhook_disable_after_s,
+        concurrency=settings.webhook_concurrency,
+        purge_window_s=settings.retention_days * 86_400.0,
+        purge_batch=settings.retention_batch,
+    )
+    wakeups[webhooks.CHANNEL] = deliverer.wake  # the dict LISTEN registers (read when it connects)
+    runs["webhooks"] = functools.partial(deliverer.run, stop)
+    # --- end outcome events ---
     for consumer in queue_consumers:
         runs[f"consumer-{consumer.queue.name}"] = functools.partial(consumer.run, stop)
     return runs

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from fallback_daemon import app, cli_ops, config, errors, logs, migrate
+from fallback_daemon import app, cli_guards, cli_ops, cli_webhooks, config, errors, logs, migrate
 
 log = structlog.get_logger("fallback_daemon.cli")
 
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--exit", action="store_true", help="exit after the summary instead of staying up")
     cli_ops.register(sub)  # operator commands: status, list, stats, cancel, fire, redrive, held, dead-letters
+    cli_webhooks.register(sub)  # webhooks: subscriptions to outcome events, deliveries, replay
+    cli_guards.register(sub)  # guards: opt-out add/remove/list/import, budget list/set/unset
     return parser
 
 
@@ -107,6 +109,10 @@ def require_database(settings: config.Settings, args: argparse.Namespace) -> Non
 
 
 async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
+    if cli_guards.is_guards(args):
+        return await cli_guards.run(args, settings)
+    if cli_webhooks.is_webhooks(args):
+        return await cli_webhooks.run(args, settings)
     if cli_ops.is_ops(args):
         return await cli_ops.run(args, settings)
     if args.command == "migrate":

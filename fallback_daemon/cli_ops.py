@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from fallback_daemon import cli_render, config
+from fallback_daemon import advice, cli_render, config
 
 OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 PHONE = re.compile(r"\+?[0-9][0-9 ]{7,20}")
@@ -58,6 +58,8 @@ FIELD_FLAGS = {
     "task_id": "--task-id",
     "to": "--to",
     "window": "--window",
+    "prefix": "--prefix",
+    "target": "--target",
     "reason": "--reason",
     "actor": "--actor",
     "force": "--force",
@@ -111,7 +113,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "stats", parents=[common], help="counts, fallbacks by reason, timers, feeds, dead letters"
     )
-    p.add_argument("--window", default="1h", help="window for the windowed figures: seconds or 15m, 1h, 1d")
+    p.add_argument(
+        "what", nargs="?", choices=["latency"], help="latency: delivery times and FallBackDuration advice"
+    )
+    p.add_argument("--window", help="window for the windowed figures: seconds or 15m, 1h, 1d (latency: 7d)")
+    p.add_argument("--channel", help="latency: one channel only")
+    p.add_argument("--prefix", help="latency: one To dialing-code prefix (e.g. 65) instead of per country")
+    p.add_argument("--target", help="latency: the double-delivery rate to meet (default 0.01)")
     p.set_defaults(ops="stats")
 
     for verb, text in (
@@ -185,14 +193,19 @@ def window_seconds(value: str) -> str:
 class Client:
     """The operator API over one aiohttp session."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, base: str, tokens: dict[str, str] | None = None) -> None:
         self.http, self.base = http, base.rstrip("/")
+        self.tokens = tokens or {}  # method -> bearer token (reads and actions may take different tokens)
 
     async def call(
         self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None
     ) -> Any:
         try:
-            async with self.http.request(method, self.base + path, params=params, json=body) as resp:
+            token = self.tokens.get(method)
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            async with self.http.request(
+                method, self.base + path, params=params, json=body, headers=headers
+            ) as resp:
                 text = await resp.text()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -211,24 +224,32 @@ class Client:
         field = error.get("field")
         flag = FIELD_FLAGS.get(str(field), str(field)) if field else ""
         message = (f"{flag}: " if flag else "") + str(error.get("message", status))
-        code = {401: USAGE, 400: USAGE, 404: REFUSED, 409: REFUSED}.get(status, UNAVAILABLE)
-        if status == 401:
+        code = {401: USAGE, 403: USAGE, 400: USAGE, 404: REFUSED, 409: REFUSED}.get(status, UNAVAILABLE)
+        if status in (401, 403) and "FALLBACK_" not in message:
             message += " (check FALLBACK_API_TOKEN)"
         raise Failure(code, message)
 
 
 async def run(args: argparse.Namespace, settings: config.Settings) -> int:
     """Run one operator subcommand; prints the result and returns the exit code."""
-    token = settings.api_token.reveal()
-    if not token:
-        print("fallback-daemon: FALLBACK_API_TOKEN is not set (the daemon's operator token)", file=sys.stderr)
+    # Actions take the operator token when one is set (else the API token); reads the operator, else the
+    # read, else the API token (web/tokens.py has the matrix).
+    api_token, op_token, read_token = (
+        t.reveal() for t in (settings.api_token, settings.operator_token, settings.read_token)
+    )
+    reads, acts = op_token or read_token or api_token, op_token or api_token
+    if not (reads or acts):
+        print(
+            "fallback-daemon: FALLBACK_API_TOKEN is not set (nor FALLBACK_OPERATOR/READ_TOKEN)",
+            file=sys.stderr,
+        )
         return USAGE
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host  # noqa: S104
     base = args.url or f"http://{host}:{settings.http_port}"
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
+    async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
-            out = await _command(Client(http, base), args)
+            out = await _command(Client(http, base, {"GET": reads, "POST": acts}), args)
         except Failure as exc:
             print(f"fallback-daemon: {exc}", file=sys.stderr)
             return exc.code
@@ -251,8 +272,7 @@ async def _command(api: Client, args: argparse.Namespace) -> tuple[Any, str]:
         page = await api.call("GET", "/v1/messages", params=params)
         return page, cli_render.render_list(page)
     if args.ops == "stats":
-        stats = await api.call("GET", "/v1/stats", params={"window": window_seconds(args.window)})
-        return stats, cli_render.render_stats(stats)
+        return await _stats(api, args)
     body: dict[str, Any] = {"actor": getattr(args, "actor", None), "reason": getattr(args, "reason", None)}
     if args.ops in ("cancel", "fire", "redrive"):
         if args.ops in ("redrive", "fire"):
@@ -291,6 +311,17 @@ async def _command(api: Client, args: argparse.Namespace) -> tuple[Any, str]:
             f" duplicates {done['duplicates']}, parked {done['parked']}"
         )
     raise AssertionError(args.ops)
+
+
+async def _stats(api: Client, args: argparse.Namespace) -> tuple[Any, str]:
+    """`stats` (the overview) or `stats latency` (delivery times and FallBackDuration advice)."""
+    if args.what == "latency":
+        params = {"window": window_seconds(args.window or "7d")}
+        params |= {k: v for k in ("channel", "prefix", "target") if (v := getattr(args, k)) is not None}
+        latency = await api.call("GET", "/v1/stats/latency", params=params)
+        return latency, advice.render(latency)
+    stats = await api.call("GET", "/v1/stats", params={"window": window_seconds(args.window or "1h")})
+    return stats, cli_render.render_stats(stats)
 
 
 async def _held_list(api: Client, args: argparse.Namespace) -> tuple[Any, str]:

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import pathlib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -56,12 +57,27 @@ class Settings:
     http_port: int = 8080
     access_key_id: str = ""
     access_key_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    # --- Alibaba credential chain (docs/credentials.md): Alibaba's own variable names ---
+    security_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))  # STS, with the AccessKey
+    role_arn: str = ""  # OIDC / ACK RRSA: the three set = AssumeRoleWithOIDC
+    oidc_provider_arn: str = ""
+    oidc_token_file: str = ""
+    role_session_name: str = ""  # empty: fallback-daemon-<epoch>
+    sts_endpoint: str = ""  # empty: sts[-vpc].<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com, else sts.aliyuncs.com
+    sts_region: str = ""
+    sts_vpc_endpoint: bool = False
+    credentials_file: str = ""  # empty: ~/.alibabacloud/credentials.ini
+    credentials_profile: str = "default"
     cams_endpoint: str = "https://cams.ap-southeast-1.aliyuncs.com"
     sms_endpoint: str = "https://dysmsapi.ap-southeast-1.aliyuncs.com"
     sms_from: str = ""
     sms_template: str | None = None
     receipt_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
     api_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    # Optional split of the API token (web/tokens.py has the matrix): once set, operator actions need the
+    # operator token, operator reads and a required /metrics the read (or operator) token.
+    operator_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
+    read_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
     send_rate: float = 250.0
     send_burst: int = 5
     send_concurrency: int = 64
@@ -121,6 +137,16 @@ class Settings:
     ui_session_ttl_s: float = 8 * 3600.0  # a /ui session ends this long after login (or at logout)
     public_url: str = ""  # the daemon's external URL; https: the /ui cookie is Secure (behind a TLS proxy)
     metrics_require_token: bool = False  # open by default: Prometheus scrapes over a private network
+    # --- outcome events (webhooks, docs/webhooks.md) ---
+    webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)  # s before each
+    webhook_timeout_s: float = 15.0  # a 2xx within this is a delivery; anything else is retried
+    webhook_disable_after_s: float = 5 * 86400.0  # disable an endpoint failing this long without a break
+    webhook_concurrency: int = 32  # deliveries in flight per replica
+    # --- guards at the moment of fallback (docs/guards.md); budgets themselves are set through the API ---
+    budget_tz: str = "UTC"  # the zone whose calendar day the SMS budgets count
+    budget_action: str = "hold"  # over budget: hold (an operator may release) | drop (suppressed)
+    sms_deny_prefixes: tuple[str, ...] = ()  # numbers under these prefixes never get a fallback SMS
+    quiet_hours: tuple[tuple[str, int, int, str], ...] = ()  # (prefix, start min, end min, zone)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
@@ -287,6 +313,66 @@ def _public_url(raw: str) -> str:
     return raw
 
 
+# --- parsers of the guard settings ---
+def _zone(raw: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(raw)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise ValueError(f"{raw!r} is not an IANA time zone (e.g. UTC, Asia/Shanghai)") from None
+    return raw
+
+
+def _prefix(raw: str, item: str) -> str:
+    key = raw.strip().removeprefix("+")
+    if not (key.isascii() and key.isdigit() and 1 <= len(key) <= 15):
+        raise ValueError(f"{item!r}: a prefix is 1 to 15 digits of the number, country code first")
+    return key
+
+
+def _prefixes(raw: str) -> tuple[str, ...]:
+    """ "882,883,+1876" -> ("882", "883", "1876")."""
+    return tuple(dict.fromkeys(_prefix(p, p) for p in raw.split(",") if p.strip()))
+
+
+def _clock(value: str, item: str) -> int:
+    hours, sep, minutes = value.strip().partition(":")
+    if not (sep and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"{item!r}: times are HH:MM (00:00 to 23:59)")
+    return int(hours) * 60 + int(minutes)
+
+
+def _quiet_hours(raw: str) -> tuple[tuple[str, int, int, str], ...]:
+    """ "86=22:00-08:00@Asia/Shanghai,44=21:00-08:00@Europe/London" -> (("86", 1320, 480, "Asia/Shanghai"),
+    …): (prefix, start and end in minutes after local midnight, IANA zone)."""
+    out: list[tuple[str, int, int, str]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, rest = item.partition("=")
+        span, at, zone = rest.partition("@")
+        start, dash, end = span.partition("-")
+        if not (sep and at and dash):
+            raise ValueError(f"{item!r} must look like 86=22:00-08:00@Asia/Shanghai")
+        prefix = _prefix(key, item)
+        if prefix in {p for p, *_ in out}:
+            raise ValueError(f"prefix {prefix!r} has two quiet windows")
+        first, last = _clock(start, item), _clock(end, item)
+        if first == last:
+            raise ValueError(f"{item!r}: the window is empty (start = end)")
+        out.append((prefix, first, last, _zone(zone.strip())))
+    return tuple(out)
+
+
+# --- parser of the webhook settings ---
+def _webhook_schedule(raw: str) -> tuple[float, ...]:
+    """ "0,5,300" -> (0.0, 5.0, 300.0): the delay before each attempt (the first one included)."""
+    try:
+        steps = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 0,5,300,1800") from None
+    if any(not 0 <= s <= 7 * 86400 for s in steps):
+        raise ValueError("each delay must be between 0 and 604800 seconds")
+    return steps
+
+
 # environment variable -> (Settings field, parser)
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATABASE_URL": ("database_url", _dsn),
@@ -296,12 +382,24 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "FALLBACK_HTTP_PORT": ("http_port", _int(0, 65535)),
     "ALIBABA_CLOUD_ACCESS_KEY_ID": ("access_key_id", str),
     "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ("access_key_secret", Secret),
+    "ALIBABA_CLOUD_SECURITY_TOKEN": ("security_token", Secret),
+    "ALIBABA_CLOUD_ROLE_ARN": ("role_arn", str),
+    "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": ("oidc_provider_arn", str),
+    "ALIBABA_CLOUD_OIDC_TOKEN_FILE": ("oidc_token_file", str),
+    "ALIBABA_CLOUD_ROLE_SESSION_NAME": ("role_session_name", str),
+    "ALIBABA_CLOUD_STS_ENDPOINT": ("sts_endpoint", _endpoint),
+    "ALIBABA_CLOUD_STS_REGION": ("sts_region", str),
+    "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED": ("sts_vpc_endpoint", _bool),
+    "ALIBABA_CLOUD_CREDENTIALS_FILE": ("credentials_file", str),
+    "ALIBABA_CLOUD_PROFILE": ("credentials_profile", str),
     "FALLBACK_CAMS_ENDPOINT": ("cams_endpoint", _endpoint),
     "FALLBACK_SMS_ENDPOINT": ("sms_endpoint", _endpoint),
     "FALLBACK_SMS_FROM": ("sms_from", str),
     "FALLBACK_SMS_TEMPLATE": ("sms_template", str),
     "FALLBACK_RECEIPT_TOKEN": ("receipt_token", _token),
     "FALLBACK_API_TOKEN": ("api_token", _token),
+    "FALLBACK_OPERATOR_TOKEN": ("operator_token", _token),
+    "FALLBACK_READ_TOKEN": ("read_token", _token),
     "FALLBACK_SEND_RATE": ("send_rate", _float(0.1, 100000)),
     "FALLBACK_SEND_BURST": ("send_burst", _int(1, 1000)),
     "FALLBACK_SEND_CONCURRENCY": ("send_concurrency", _int(1, 4096)),
@@ -357,6 +455,16 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "FALLBACK_UI_SESSION_TTL_S": ("ui_session_ttl_s", _float(60, 30 * 86400)),
     "FALLBACK_PUBLIC_URL": ("public_url", _public_url),
     "FALLBACK_METRICS_REQUIRE_TOKEN": ("metrics_require_token", _bool),
+    # --- outcome events (webhooks) ---
+    "FALLBACK_WEBHOOK_RETRY_SCHEDULE": ("webhook_retry_schedule", _webhook_schedule),
+    "FALLBACK_WEBHOOK_TIMEOUT_S": ("webhook_timeout_s", _float(0.1, 120)),
+    "FALLBACK_WEBHOOK_DISABLE_AFTER_S": ("webhook_disable_after_s", _float(0, 365 * 86400)),
+    "FALLBACK_WEBHOOK_CONCURRENCY": ("webhook_concurrency", _int(1, 1024)),
+    # --- guards at the moment of fallback ---
+    "FALLBACK_BUDGET_TZ": ("budget_tz", _zone),
+    "FALLBACK_BUDGET_ACTION": ("budget_action", _choice("hold", "drop")),
+    "FALLBACK_SMS_DENY_PREFIXES": ("sms_deny_prefixes", _prefixes),
+    "FALLBACK_QUIET_HOURS": ("quiet_hours", _quiet_hours),
 }
 
 
@@ -392,4 +500,24 @@ def load(environ: Mapping[str, str], **overrides: object) -> Settings:
         except ValueError as exc:
             raise errors.ConfigError(var, str(exc) or "invalid value") from exc
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    check_tokens_distinct(settings)
+    return settings
+
+
+def check_tokens_distinct(settings: Settings) -> None:
+    """The API, operator and read tokens must differ: a bearer token names exactly one role.
+
+    Raises:
+        errors.ConfigError: naming the later of two equal tokens.
+    """
+    seen: dict[str, str] = {}
+    for var, token in (
+        ("FALLBACK_API_TOKEN", settings.api_token),
+        ("FALLBACK_OPERATOR_TOKEN", settings.operator_token),
+        ("FALLBACK_READ_TOKEN", settings.read_token),
+    ):
+        if token and token.reveal() in seen:
+            raise errors.ConfigError(var, f"must differ from {seen[token.reveal()]}")
+        if token:
+            seen[token.reveal()] = var

@@ -130,3 +130,39 @@ reconciled = Counter(
     ["leg", "result"],
 )
 listen_connected = Gauge("fallback_listen_connected", "1 while the LISTEN connection (wake-ups) is up")
+
+# --- guards at the moment of fallback (guards.py, errorclasses.py; docs/guards.md) ---
+guard_blocked = Counter(
+    "fallback_guard_blocked_total",
+    "Fallbacks a guard stopped at the moment of firing (held or dropped), by guard "
+    "(opt_out, deny_prefix, budget)",
+    ["guard"],
+)
+guard_deferred = Counter(
+    "fallback_guard_deferred_total", "Fallbacks moved to the end of a quiet window, by guard", ["guard"]
+)
+error_classes = Counter(
+    "fallback_error_class_total",
+    "Chat failures that triggered a fallback, by error class (errorclasses.py; `unclassified` for the rest)",
+    ["class"],
+)
+
+# --- outcome events (webhooks, docs/webhooks.md) ---
+webhook_deliveries = Counter(
+    "fallback_webhook_deliveries_total",
+    "Webhook delivery attempts by result (delivered, retry, exhausted, lost_claim)",
+    ["result"],
+)
+webhook_pending = Gauge(
+    "fallback_webhook_pending", "Webhook deliveries not yet delivered, per endpoint id", ["endpoint"]
+)
+webhook_lag = Gauge(
+    "fallback_webhook_lag_seconds",
+    "Age of the oldest pending webhook delivery, per endpoint id (0: none)",
+    ["endpoint"],
+)
+webhook_delivery_lag = Histogram(
+    "fallback_webhook_delivery_lag_seconds",
+    "From the state change to its webhook being delivered (retries included)",
+    buckets=LAG_BUCKETS,
+)

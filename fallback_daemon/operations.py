@@ -20,9 +20,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import msgspec
 import structlog
 
-from fallback_daemon import errors, model, opinput, policy, receipts, service, sql, store
+from fallback_daemon import errors, model, opinput, policy, receipts, service, sql, store, views
 from fallback_daemon.model import ChatState, FallbackState
 
 log = structlog.get_logger("fallback_daemon.operations")
@@ -34,27 +35,9 @@ def _iso(value: Any) -> Any:
 
 
 def summary(row: service.Row) -> dict[str, Any]:
-    """One search result: the message's state, linked to its full timeline."""
-    mid = str(row["id"])
-    return {
-        "id": mid,
-        "channel": row["channel"],
-        "to": row["to_number"],
-        "task_id": row["client_task_id"],
-        "chat_state": row["chat_state"],
-        "fallback_state": row["fallback_state"],
-        "fallback_rule": row["fallback_rule"],
-        "provider_message_id": row["provider_message_id"],
-        "due_at": _iso(row["due_at"]),
-        "fire_reason": row["fire_reason"],
-        "hold_reason": row["hold_reason"],
-        "double_delivered": row["double_delivered"],
-        "last_error": row["last_error"],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
-        "fired_at": _iso(row["fired_at"]),
-        "links": {"self": f"/v1/messages/{mid}"},
-    }
+    """One search result (`views.MessageSummary`, the message view's head) as JSON-ready data."""
+    view: dict[str, Any] = msgspec.to_builtins(views.message_summary(row))
+    return view
 
 
 # ---- use cases --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import asyncpg
@@ -122,18 +122,46 @@ def verify(
 
 
 # ---- API bodies (msgspec) ----------------------------------------------------------------------------------
+# The `extra_json_schema` limits document what check_endpoint enforces (they do not change decoding: its
+# own 400s name the field in the API's words).
 class NewEndpoint(msgspec.Struct, forbid_unknown_fields=True):
     """POST /v1/webhooks body. Empty lists mean every event type / channel / CustSpaceId."""
 
-    url: str
-    secret: str | None = None
-    event_types: list[str] = msgspec.field(default_factory=list)
-    channels: list[str] = msgspec.field(default_factory=list)
-    cust_space_ids: list[str] = msgspec.field(default_factory=list)
-    description: str = ""
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            description="An absolute http:// or https:// URL without #fragment.",
+            extra_json_schema={"minLength": 1, "maxLength": URL_MAX},
+        ),
+    ]
+    secret: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description=f"{SECRET_PREFIX} + base64 of 24 to 64 bytes; generated when absent.",
+                extra_json_schema={"pattern": f"^{SECRET_PREFIX}"},
+            ),
+        ]
+        | None
+    ) = None
+    event_types: Annotated[
+        list[Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(EVENT_TYPES)})]],
+        msgspec.Meta(description=f"At most {LIST_MAX} distinct event types; empty: all of them."),
+    ] = msgspec.field(default_factory=list)
+    channels: Annotated[
+        list[Annotated[str, msgspec.Meta(extra_json_schema={"pattern": f"^{_CHANNEL.pattern}$"})]],
+        msgspec.Meta(description=f"At most {LIST_MAX} distinct channels; empty: all of them."),
+    ] = msgspec.field(default_factory=list)
+    cust_space_ids: Annotated[
+        list[Annotated[str, msgspec.Meta(extra_json_schema={"pattern": f"^{_SPACE.pattern}$"})]],
+        msgspec.Meta(description=f"At most {LIST_MAX} distinct CustSpaceIds; empty: all of them."),
+    ] = msgspec.field(default_factory=list)
+    description: Annotated[str, msgspec.Meta(extra_json_schema={"maxLength": TEXT_MAX})] = ""
 
 
-class EndpointStats(msgspec.Struct):
+class EndpointStats(msgspec.Struct, forbid_unknown_fields=True):
+    """The endpoint's deliveries now."""
+
     pending: int  # deliveries not yet delivered (retrying ones included)
     retrying: int  # pending ones that failed at least once
     failed: int  # gave up after the whole schedule (replay sends them again)
@@ -142,7 +170,9 @@ class EndpointStats(msgspec.Struct):
     lag_s: float  # age of the oldest pending delivery (0: none)
 
 
-class Endpoint(msgspec.Struct):
+class Endpoint(msgspec.Struct, forbid_unknown_fields=True):
+    """A subscription (never its secret); `disabled_at` is set after continuous failures (enable resumes)."""
+
     id: int
     url: str
     event_types: list[str]
@@ -160,23 +190,27 @@ class Endpoint(msgspec.Struct):
     stats: EndpointStats | None = None
 
 
-class CreatedEndpoint(msgspec.Struct):
+class CreatedEndpoint(msgspec.Struct, forbid_unknown_fields=True):
     """The POST answer: the only one that shows the secret."""
 
     endpoint: Endpoint
     secret: str
 
 
-class EndpointList(msgspec.Struct):
+class EndpointList(msgspec.Struct, forbid_unknown_fields=True):
     webhooks: list[Endpoint]
 
 
-class Deleted(msgspec.Struct):
+class Deleted(msgspec.Struct, forbid_unknown_fields=True):
+    """The subscription and its pending deliveries are gone."""
+
     id: int
     deleted: bool = True
 
 
-class Delivery(msgspec.Struct):
+class Delivery(msgspec.Struct, forbid_unknown_fields=True):
+    """One event for one endpoint; `webhook_id` is the same on every attempt (receivers deduplicate)."""
+
     id: int
     webhook_id: str
     message_id: str
@@ -190,10 +224,18 @@ class Delivery(msgspec.Struct):
     last_status: int | None
     last_error: str | None
     delivered_at: dt.datetime | None
-    payload: dict[str, Any]
+    payload: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description="The event body as it is sent (docs/webhooks.md).",
+            extra_json_schema={"additionalProperties": True},
+        ),
+    ]
 
 
-class DeliveryPage(msgspec.Struct):
+class DeliveryPage(msgspec.Struct, forbid_unknown_fields=True):
+    """One page, newest first; `next_cursor` is the `cursor` of the next page."""
+
     deliveries: list[Delivery]
     next_cursor: str | None
 
@@ -203,12 +245,15 @@ class Replay(msgspec.Struct, forbid_unknown_fields=True):
     sent again from the start of the schedule, with their webhook-id."""
 
     include_delivered: bool = False
-    since: str | float | None = None  # RFC 3339 with offset, or Unix seconds: only deliveries created since
-    ids: list[int] | None = None
-    limit: int = 10000
+    since: Annotated[
+        str | float | None,
+        msgspec.Meta(description="RFC 3339 with offset, or Unix seconds: only deliveries created since."),
+    ] = None
+    ids: Annotated[list[int] | None, msgspec.Meta(description="Only these deliveries (their ids).")] = None
+    limit: Annotated[int, msgspec.Meta(description="At most this many (web/webhooks.py bounds it).")] = 10000
 
 
-class Replayed(msgspec.Struct):
+class Replayed(msgspec.Struct, forbid_unknown_fields=True):
     replayed: int
 
 

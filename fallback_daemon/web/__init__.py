@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from fallback_daemon import config, errors, health, logs, service, validation
-from fallback_daemon.web import api, keys, operator, receipts, ui
+from fallback_daemon.web import api, guards, keys, operator, receipts, ui, webhooks
 
 log = structlog.get_logger("fallback_daemon.web")
 
@@ -91,6 +91,13 @@ def _error_answer(request: web.Request, exc: Exception) -> web.Response:
         response = json_error(
             400, "the body could not be read (not in its Content-Encoding, or cut short)", field=field
         )
+        response.force_close()
+        return response
+    if isinstance(exc, ConnectionResetError):
+        # The client closed its side mid-body: nobody is left to answer, and an outsider must not be able to
+        # fill the ERROR log with tracebacks by doing it on purpose.
+        log.info("request_abandoned", method=request.method, path=request.path)
+        response = json_error(400, "the connection was closed before the body arrived", field="body")
         response.force_close()
         return response
     if isinstance(exc, OSError) and exc.errno in FILE_ERRNOS:
@@ -255,6 +262,8 @@ def create_app(
     receipts.setup(app)
     operator.setup(app)  # operator API (/v1 search, stats, actions, OpenAPI)
     ui.setup(app)  # operator page (/ui)
+    guards.setup(app)  # guards: opt-outs, SMS budgets (/v1/opt-outs, /v1/budgets, /v1/guards)
+    webhooks.setup(app)  # outcome events: /v1/webhooks subscriptions, deliveries, replay
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -265,11 +274,12 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     """Prometheus text format; database-backed gauges are refreshed on each scrape.
 
     Open by default (scrapers on a private network rarely carry a token, and the series hold counts, never
-    phone numbers or message text); `FALLBACK_METRICS_REQUIRE_TOKEN=true` asks for the API bearer token
-    (Prometheus `authorization: {credentials: …}`), checked before the database is touched.
+    phone numbers or message text); `FALLBACK_METRICS_REQUIRE_TOKEN=true` asks for a bearer token with the
+    read scope (FALLBACK_READ_TOKEN or the operator token; the API token while no read token is set: see
+    web/tokens.py), Prometheus `authorization: {credentials: …}`, checked before the database is touched.
     """
     if request.app[keys.SETTINGS].metrics_require_token:
-        api.check_bearer(request)
+        api.check_bearer(request, "read")
     await health.refresh_gauges(request.app[keys.SERVICE])
     body = prometheus_client.generate_latest()
     return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 import uuid
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from fallback_daemon import errors, service, validation
-from fallback_daemon.web import keys
+from fallback_daemon import errors, model, service, validation
+from fallback_daemon.web import keys, schemas, tokens
 
 MAX_KEY = 255
 UI_COOKIE = "fallback_ui"  # set by /ui/login (web/ui.py)
-# Set by ui.session_middleware on a cookie-bearing GET/HEAD to /v1: whether the cookie names a live session.
-UI_SESSION_OK = web.RequestKey("ui_session_ok", bool)
 
 
 def setup(app: web.Application) -> None:
@@ -24,27 +21,17 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/messages/{id}", get_message)
 
 
-def check_bearer(request: web.Request) -> None:
-    """The bearer token; on GET/HEAD a live /ui session counts too (read-only: actions need the token).
+def check_bearer(request: web.Request, scope: tokens.Scope | None = None) -> tokens.Role:
+    """The role of the request's bearer token (or /ui session) if it opens `scope`; else a 401/403 JSON
+    naming the token the route takes (web/tokens.py has the matrix). Without `scope`: `message` on GET/HEAD
+    (reading one message), `send` otherwise.
 
     Compared as bytes in constant time; a header that is not UTF-8 (surrogate-escaped by aiohttp) is refused
     by the error middleware before this runs, and is encoded losslessly here in case it does not.
     """
-    expected = request.app[keys.SETTINGS].api_token.reveal()
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header and request.method in ("GET", "HEAD") and expected and request.get(UI_SESSION_OK):
-        return  # a live /ui session (web/ui.py: server-side, expiring, revoked by logout)
-    if (
-        not expected
-        or scheme.lower() != "bearer"
-        or not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected.encode())
-    ):
-        raise web.HTTPUnauthorized(
-            text=json.dumps({"error": {"message": "missing or wrong bearer token"}}),
-            content_type="application/json",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if scope is None:
+        scope = "message" if request.method in ("GET", "HEAD") else "send"
+    return tokens.check(request, scope)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -73,9 +60,19 @@ def batch_keys(key: str | None, count: int) -> list[str | None]:
     return [None if key is None else f"batch:{key}:{i}" for i in range(count)]
 
 
-def accepted_view(a: service.Accepted) -> dict[str, Any]:
+def accepted_view(a: service.Accepted) -> schemas.Accepted:
     """A new message (`state: accepted`), or the one the key named, in its current state (a replay)."""
-    return {"id": str(a.id), "state": a.chat_state, "fallback_state": a.fallback_state, "created": a.created}
+    return schemas.Accepted(
+        id=a.id,
+        state=model.ChatState(a.chat_state),
+        fallback_state=model.FallbackState(str(a.fallback_state)),  # always set by accept (None: a fault)
+        created=a.created,
+    )
+
+
+def struct_response(value: msgspec.Struct, *, status: int = 200) -> web.Response:
+    """A JSON answer encoded from its struct (web/schemas.py), so it has exactly the documented fields."""
+    return web.Response(body=msgspec.json.encode(value), status=status, content_type="application/json")
 
 
 async def post_message(request: web.Request) -> web.Response:
@@ -87,7 +84,7 @@ async def post_message(request: web.Request) -> web.Response:
     req = validation.validate_send(body)
     digest = validation.request_digest(body) if key is not None else None
     [accepted] = await request.app[keys.SERVICE].accept([req], [single_key(key)], request_hash=digest)
-    return web.json_response(accepted_view(accepted), status=202 if accepted.created else 200)
+    return struct_response(accepted_view(accepted), status=202 if accepted.created else 200)
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -99,8 +96,8 @@ async def post_batch(request: web.Request) -> web.Response:
     reqs = validation.validate_batch(body)
     digest = validation.request_digest(body) if key is not None else None
     accepted = await request.app[keys.SERVICE].accept(reqs, batch_keys(key, len(reqs)), request_hash=digest)
-    return web.json_response(
-        {"messages": [accepted_view(a) for a in accepted]},
+    return struct_response(
+        schemas.BatchAccepted(messages=[accepted_view(a) for a in accepted]),
         status=202 if any(a.created for a in accepted) else 200,
     )
 

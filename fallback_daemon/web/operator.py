@@ -1,22 +1,29 @@
 """/v1 operator routes: search, stats, actions (cancel, fire, re-drive, held, dead letters), OpenAPI.
 
-Handlers stay thin: parse and validate, one `operations` call, a JSON answer. Every route needs the bearer
-token (`api.check_bearer`), except the OpenAPI document, which holds no data.
+Handlers stay thin: parse and validate, one `operations` call, a JSON answer. Reads need a token with the
+`read` scope, actions one with the `operate` scope (web/tokens.py: the operator, read and API tokens), except
+the OpenAPI document, which holds no data.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Collection
 from typing import Any, Literal
 
 from aiohttp import web
 
-from fallback_daemon import errors, operations, opinput, opstats, validation
+from fallback_daemon import advice, errors, operations, opinput, opstats, validation
 from fallback_daemon.web import api, keys, openapi
 
 DEAD_LETTER_PARAMS = ("pending", "limit", "cursor")
 STATS_PARAMS = ("window",)
+SERIES_PARAMS = ("window", "channel")
+LATENCY_PARAMS = ("window", "channel", "prefix", "target")
+CHANNEL_RE = re.compile(r"[a-z]{1,32}")
+PREFIX_RE = re.compile(r"\+?[0-9]{1,6}")
 ACTION_FIELDS = ("actor", "reason")
 HELD_FIELDS = (*ACTION_FIELDS, "channel", "hold_reason", "ids", "all", "limit", "force")
 
@@ -24,6 +31,8 @@ HELD_FIELDS = (*ACTION_FIELDS, "channel", "hold_reason", "ids", "all", "limit", 
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/messages", search)
     app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/v1/stats/series", stats_series)
+    app.router.add_get("/v1/stats/latency", stats_latency)
     app.router.add_post("/v1/messages/{id}/cancel", cancel)
     app.router.add_post("/v1/messages/{id}/fire", fire)
     app.router.add_post("/v1/messages/{id}/redrive", redrive)
@@ -81,7 +90,7 @@ def flag(name: str, value: object) -> bool:
 # ---- reads -------------------------------------------------------------------------------------------------
 async def search(request: web.Request) -> web.Response:
     """GET /v1/messages: search with keyset pagination; `links.next` is the next page's URL."""
-    api.check_bearer(request)
+    api.check_bearer(request, "read")
     s = opinput.parse_search(request.query.items())
     page = await ops(request).search(s)
     if page["next_cursor"]:
@@ -90,14 +99,62 @@ async def search(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    api.check_bearer(request)
+    api.check_bearer(request, "read")
     q = query(request, STATS_PARAMS)
     window = opinput.parse_int("window", q.get("window"), 1, opstats.WINDOW_MAX, opstats.WINDOW_DEFAULT)
     return web.json_response(await opstats.collect(request.app[keys.SERVICE].db, window))
 
 
+def channel_param(value: str | None) -> str | None:
+    if value is not None and not CHANNEL_RE.fullmatch(value):
+        raise errors.ValidationError("channel", "must be a channel name such as whatsapp (a-z, 1..32)")
+    return value
+
+
+async def stats_series(request: web.Request) -> web.Response:
+    """GET /v1/stats/series: per-minute counts by channel for the page's charts (opstats.series)."""
+    api.check_bearer(request, "read")
+    q = query(request, SERIES_PARAMS)
+    window = opinput.parse_int(
+        "window", q.get("window"), 60, opstats.SERIES_WINDOW_MAX, opstats.SERIES_WINDOW_DEFAULT
+    )
+    channel = channel_param(q.get("channel"))
+    return web.json_response(await opstats.series(request.app[keys.SERVICE].db, window, channel))
+
+
+def target_param(value: str | None) -> float:
+    if value is None:
+        return advice.TARGET_DEFAULT
+    try:
+        target = float(value) if len(value) <= 32 else math.nan
+    except ValueError:
+        target = math.nan
+    if not 0 < target <= 0.5:  # NaN fails too
+        raise errors.ValidationError("target", "must be a double-delivery rate above 0 and at most 0.5")
+    return target
+
+
+async def stats_latency(request: web.Request) -> web.Response:
+    """GET /v1/stats/latency: delivery/read time distributions and the FallBackDuration advice (advice.py)."""
+    api.check_bearer(request, "read")
+    q = query(request, LATENCY_PARAMS)
+    window = opinput.parse_int("window", q.get("window"), 60, advice.WINDOW_MAX, advice.WINDOW_DEFAULT)
+    prefix = q.get("prefix")
+    if prefix is not None and not PREFIX_RE.fullmatch(prefix):
+        raise errors.ValidationError("prefix", "must be a dialing-code prefix: 1..6 digits, e.g. 65")
+    body = await advice.latency(
+        request.app[keys.SERVICE].db,
+        window_s=window,
+        channel=channel_param(q.get("channel")),
+        prefix=prefix.lstrip("+") if prefix else None,
+        target=target_param(q.get("target")),
+        timer_scale=request.app[keys.SETTINGS].sandbox_timer_scale,
+    )
+    return web.json_response(body)
+
+
 async def dead_letters(request: web.Request) -> web.Response:
-    api.check_bearer(request)
+    api.check_bearer(request, "read")
     q = query(request, DEAD_LETTER_PARAMS)
     pending = q.get("pending", "true")
     if pending not in ("true", "false"):
@@ -115,7 +172,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 # ---- actions -----------------------------------------------------------------------------------------------
 async def _single(request: web.Request, verb: Literal["cancel", "fire"]) -> web.Response:
-    api.check_bearer(request)
+    api.check_bearer(request, "operate")
     mid = message_id(request)
     action = opinput.parse_action(await body(request, ACTION_FIELDS))
     return web.json_response(await ops(request).act(mid, verb, action))
@@ -128,7 +185,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def fire(request: web.Request) -> web.Response:
     """Fire a pending (armed or held) fallback now; a held `sms_unknown` one needs force=true."""
-    api.check_bearer(request)
+    api.check_bearer(request, "operate")
     mid = message_id(request)
     b = await body(request, (*ACTION_FIELDS, "force"))
     force = flag("force", b.pop("force", False))
@@ -136,7 +193,7 @@ async def fire(request: web.Request) -> web.Response:
 
 
 async def redrive(request: web.Request) -> web.Response:
-    api.check_bearer(request)
+    api.check_bearer(request, "operate")
     mid = message_id(request)
     b = await body(request, (*ACTION_FIELDS, "force"))
     force = flag("force", b.pop("force", False))
@@ -144,7 +201,7 @@ async def redrive(request: web.Request) -> web.Response:
 
 
 async def _held(request: web.Request, verb: Literal["release", "drop"]) -> web.Response:
-    api.check_bearer(request)
+    api.check_bearer(request, "operate")
     b = await body(request, HELD_FIELDS)
     channel, hold_reason, raw_ids = b.pop("channel", None), b.pop("hold_reason", None), b.pop("ids", None)
     everything = flag("all", b.pop("all", False))
@@ -191,7 +248,7 @@ async def held_drop(request: web.Request) -> web.Response:
 
 
 async def replay(request: web.Request) -> web.Response:
-    api.check_bearer(request)
+    api.check_bearer(request, "operate")
     dead_id = opinput.parse_int("id", request.match_info["id"], 1, 2**63 - 1, 0)
     action = opinput.parse_action(await body(request, ACTION_FIELDS))
     return web.json_response(await ops(request).replay(dead_id, action))

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from aiohttp import web
 
 from fallback_daemon import app, config, service, store
@@ -552,3 +553,25 @@ async def raw_status(
         writer.close()
     status_line, _, rest = answer.partition(b"\r\n")
     return int(status_line.split(b" ")[1]), rest
+
+
+async def test_body_abandoned_mid_chunk_is_not_an_error_log(svc: service.Service) -> None:
+    """A client that sends part of a chunked body and closes its side gets no traceback into the ERROR log
+    (an outsider could flood it): the boundary logs one info line, and nothing is stored."""
+    with structlog.testing.capture_logs() as logged:
+        async with short_deadlines(svc) as url:
+            parts = urllib.parse.urlsplit(url)
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            try:
+                writer.write(
+                    b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: " + AUTH + b"\r\n"
+                    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+                )
+                await writer.drain()
+                writer.write_eof()
+                await asyncio.wait_for(reader.read(), timeout=30)
+            finally:
+                writer.close()
+    assert [e for e in logged if e["log_level"] in ("error", "critical")] == []
+    assert any(e["event"] == "request_abandoned" for e in logged)
+    assert await svc.db.fetchval("SELECT count(*) FROM messages") == 0
