@@ -11,7 +11,7 @@ import json
 import pathlib
 import zoneinfo
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yarl
 
@@ -46,128 +46,32 @@ class Secret:
         return hash(self._value)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Settings:
-    """Every setting of the daemon. See the README's configuration table for the environment names."""
+CORE, SMS, GUARDS, QUEUES = "core", "sms", "guards", "queues"  # the README's configuration tables, in order
+SECTIONS = (CORE, SMS, GUARDS, QUEUES)
 
-    database_url: Secret | None = None
-    db_connect_wait_s: float = 30.0  # how long start-up retries a database that refuses connections
-    data_dir: pathlib.Path = pathlib.Path(".data")
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    access_key_id: str = ""
-    access_key_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
-    # --- Alibaba credential chain (docs/credentials.md): Alibaba's own variable names ---
-    security_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))  # STS, with the AccessKey
-    role_arn: str = ""  # OIDC / ACK RRSA: the three set = AssumeRoleWithOIDC
-    oidc_provider_arn: str = ""
-    oidc_token_file: str = ""
-    role_session_name: str = ""  # empty: fallback-daemon-<epoch>
-    sts_endpoint: str = ""  # empty: sts[-vpc].<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com, else sts.aliyuncs.com
-    sts_region: str = ""
-    sts_vpc_endpoint: bool = False
-    credentials_file: str = ""  # empty: ~/.alibabacloud/credentials.ini
-    credentials_profile: str = "default"
-    cams_endpoint: str = "https://cams.ap-southeast-1.aliyuncs.com"
-    sms_endpoint: str = "https://dysmsapi.ap-southeast-1.aliyuncs.com"
-    sms_from: str = ""
-    sms_template: str | None = None
-    receipt_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
-    api_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
-    # Optional split of the API token (web/tokens.py has the matrix): once set, operator actions need the
-    # operator token, operator reads and a required /metrics the read (or operator) token.
-    operator_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
-    read_token: Secret = dataclasses.field(default_factory=lambda: Secret(""))
-    send_rate: float = 250.0
-    send_burst: int = 5
-    send_concurrency: int = 64
-    send_max_attempts: int = 8
-    send_timeout_s: float = 10.0
-    sms_max_attempts: int = 60  # a cap besides the window (60 capped 60 s steps ≈ the 30 min window)
-    sms_retry_window_s: float = 1800.0  # durable SMS retries ride out a provider outage this long
-    reconcile_delay_s: float = 60.0  # first provider lookup of an ambiguous send, after its request
-    reconcile_max_attempts: int = 6
-    cams_cust_space_id: str = ""  # for ListChatappMessage when a message's params carry no CustSpaceId
-    fire_batch: int = 500
-    firing_lease_s: float = 120.0
-    recovery_mode: str = "park"  # park (at-most-once) | resend (at-least-once)
-    timer_max_sleep_s: float = 1.0
-    max_body_bytes: int = 2 * 1024 * 1024
-    shutdown_grace_s: float = 10.0
-    log_format: str = "auto"  # auto | json | console
-    log_level: str = "info"
-    sandbox_timer_scale: float = 1.0  # sandbox/demo only: multiplies FallBackDuration
-    # --- receipt-feed health gate ---
-    gate_window_s: float = 600.0  # 0 disables; FALLBACK_GATE_CHANNELS overrides per channel
-    gate_channels: tuple[tuple[str, float], ...] = ()
-    # --- queues (MNS / SQS): section owned by the queue work ---
-    # SQS (AWS credentials: the standard AWS chain, never settings); both URLs empty = no SQS consumer.
-    sqs_chatapp_queue_url: str = ""
-    sqs_sms_queue_url: str = ""
-    sqs_pollers: int = 2
-    sqs_wait_s: int = 10  # long poll; shutdown waits for a poll in progress, so stay below the grace
-    aws_region: str = ""  # empty: the AWS chain decides (AWS_REGION, AWS_DEFAULT_REGION, ~/.aws/config)
-    aws_endpoint_url: str | None = None  # moto / localstack; used by the SQS and SNS clients
-    # MNS (docs/receipts-mns.md): no queue name = no MNS consumer. alicom: temporary credentials from
-    # Dybaseapi QueryTokenForMnsQueue; own: a static AccessKey on a queue of the user's account.
-    mns_mode: str = "alicom"
-    mns_endpoint: str = ""  # empty: Alibaba's China Alicom endpoint (alicom mode only)
-    mns_chatapp_queue: str = ""
-    mns_sms_queue: str = ""
-    mns_access_key_id: str = ""  # empty: ALIBABA_CLOUD_ACCESS_KEY_ID (also signs QueryTokenForMnsQueue)
-    mns_access_key_secret: Secret = dataclasses.field(default_factory=lambda: Secret(""))
-    dybaseapi_endpoint: str = "https://dybaseapi.aliyuncs.com"
-    dybaseapi_version: str = "2017-05-25"
-    mns_pollers: int = 2
-    mns_wait_s: int = 10
-    mns_batch: int = 16
-    # --- SMS providers and routing: section owned by the SMS provider work ---
-    sms_provider: str = "globe"  # default provider: globe | domestic | sns
-    sms_routes: tuple[tuple[str, str], ...] = ()  # ("86", "domestic"), ("channel:viber", "globe"), ...
-    sms_sign_name: str = ""  # SendSms SignName
-    sms_template_code: str = ""  # SendSms TemplateCode
-    sms_template_param: tuple[tuple[str, str], ...] | None = None  # SendSms variable -> "{key}" text
-    sms_domestic_endpoint: str = "https://dysmsapi.aliyuncs.com"
-    sns_sender_id: str = ""
-    sns_sms_type: str = "Transactional"
-    # --- retention (purge of finished rows) ---
-    retention_days: float = 30.0  # 0 disables
-    retention_batch: int = 1000  # rows per DELETE
-    # --- operator page (/ui) sessions and /metrics access ---
-    ui_session_ttl_s: float = 8 * 3600.0  # a /ui session ends this long after login (or at logout)
-    public_url: str = ""  # the daemon's external URL; https: the /ui cookie is Secure (behind a TLS proxy)
-    metrics_require_token: bool = False  # open by default: Prometheus scrapes over a private network
-    # --- outcome events (webhooks, docs/webhooks.md) ---
-    webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)  # s before each
-    webhook_timeout_s: float = 15.0  # a 2xx within this is a delivery; anything else is retried
-    webhook_disable_after_s: float = 5 * 86400.0  # disable an endpoint failing this long without a break
-    webhook_concurrency: int = 32  # deliveries in flight per replica
-    # --- guards at the moment of fallback (docs/guards.md); budgets themselves are set through the API ---
-    budget_tz: str = "UTC"  # the zone whose calendar day the SMS budgets count
-    budget_action: str = "hold"  # over budget: hold (an operator may release) | drop (suppressed)
-    sms_deny_prefixes: tuple[str, ...] = ()  # numbers under these prefixes never get a fallback SMS
-    quiet_hours: tuple[tuple[str, int, int, str], ...] = ()  # (prefix, start min, end min, zone)
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
-        return f"Settings({fields})"
+def setting(
+    env: str,
+    parse: Callable[[str], Any],
+    *,
+    default: Any = None,
+    factory: Callable[[], Any] | None = None,
+    section: str,
+    shown: str,
+    doc: str = "",
+    row: str = "",
+) -> Any:
+    """Declare one setting: its environment variable, parser, default and README row, in one place.
 
-    @property
-    def provider_credentials_missing(self) -> list[str]:
-        """Names of the variables a real (non-sandbox) run still needs."""
-        missing = []
-        if not self.access_key_id:
-            missing.append("ALIBABA_CLOUD_ACCESS_KEY_ID")
-        if not self.access_key_secret:
-            missing.append("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
-        if not self.receipt_token:
-            missing.append("FALLBACK_RECEIPT_TOKEN")
-        if not self.api_token:
-            missing.append("FALLBACK_API_TOKEN")
-        globe_used = "globe" in {self.sms_provider, *(p for _, p in self.sms_routes)}
-        if globe_used and not self.sms_from:
-            missing.append("FALLBACK_SMS_FROM")
-        return missing
+    `shown` is the README's default column; `row` names the variable whose README row this one shares (the
+    row then lists both, `A` / `B`); otherwise `doc` is the row's meaning. `ENV`, the unknown-variable check,
+    `load` and the README tables (`readme_tables`, `python -m fallback_daemon.config --readme`) derive from
+    these declarations.
+    """
+    meta = {"env": env, "parse": parse, "section": section, "shown": shown, "doc": doc, "row": row}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _int(lo: int, hi: int) -> Callable[[str], int]:
@@ -373,99 +277,827 @@ def _webhook_schedule(raw: str) -> tuple[float, ...]:
     return steps
 
 
-# environment variable -> (Settings field, parser)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of the daemon. Each is declared once,
+    by `setting`: variable, parser, default and README row."""
+
+    database_url: Secret | None = setting(
+        "DATABASE_URL",
+        _dsn,
+        default=None,
+        section=CORE,
+        shown=(
+            "— (required by `run` and `migrate`; `--embedded-db`, `--sandbox` and `demo` use "
+            "the embedded Postgres under `FALLBACK_DATA_DIR/pg` without it)"
+        ),
+        doc="`postgresql://…` of the database to use",
+    )
+    db_connect_wait_s: float = setting(
+        "FALLBACK_DB_CONNECT_WAIT_S",
+        _float(0, 3600),
+        default=30.0,
+        section=CORE,
+        shown="`30`",
+        doc=(
+            "how long start-up retries a database that refuses connections (down, starting, "
+            "full) before it gives up"
+        ),
+    )
+    data_dir: pathlib.Path = setting(
+        "FALLBACK_DATA_DIR",
+        pathlib.Path,
+        default=pathlib.Path(".data"),
+        section=CORE,
+        shown="`.data`",
+        doc="where the embedded Postgres keeps its files",
+    )
+    http_host: str = setting(
+        "FALLBACK_HTTP_HOST",
+        str,
+        default="127.0.0.1",
+        section=CORE,
+        shown="`127.0.0.1`",
+        doc="HTTP listen address (`0` = any free port)",
+    )
+    http_port: int = setting(
+        "FALLBACK_HTTP_PORT",
+        _int(0, 65535),
+        default=8080,
+        section=CORE,
+        shown="`8080`",
+        row="FALLBACK_HTTP_HOST",
+    )
+    access_key_id: str = setting(
+        "ALIBABA_CLOUD_ACCESS_KEY_ID",
+        str,
+        default="",
+        section=CORE,
+        shown="—",
+        doc=(
+            "AccessKey for CAMS and SMS (required without `--sandbox`, unless an OIDC role or"
+            " a credentials file gives the credentials: "
+            "[docs/credentials.md](docs/credentials.md))"
+        ),
+    )
+    access_key_secret: Secret = setting(
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+        Secret,
+        factory=lambda: Secret(""),
+        section=CORE,
+        shown="",
+        row="ALIBABA_CLOUD_ACCESS_KEY_ID",
+    )
+    security_token: Secret = setting(
+        "ALIBABA_CLOUD_SECURITY_TOKEN",
+        Secret,
+        factory=lambda: Secret(""),
+        section=CORE,
+        shown="—",
+        doc="STS security token that goes with a temporary AccessKey above",
+    )
+    role_arn: str = setting(
+        "ALIBABA_CLOUD_ROLE_ARN",
+        str,
+        default="",
+        section=CORE,
+        shown="—",
+        doc=(
+            "OIDC role (ACK RRSA): all three set = credentials from STS `AssumeRoleWithOIDC`,"
+            " refreshed before they expire"
+        ),
+    )
+    oidc_provider_arn: str = setting(
+        "ALIBABA_CLOUD_OIDC_PROVIDER_ARN",
+        str,
+        default="",
+        section=CORE,
+        shown="",
+        row="ALIBABA_CLOUD_ROLE_ARN",
+    )
+    oidc_token_file: str = setting(
+        "ALIBABA_CLOUD_OIDC_TOKEN_FILE", str, default="", section=CORE, shown="", row="ALIBABA_CLOUD_ROLE_ARN"
+    )
+    role_session_name: str = setting(
+        "ALIBABA_CLOUD_ROLE_SESSION_NAME",
+        str,
+        default="",
+        section=CORE,
+        shown="`fallback-daemon-<epoch>`",
+        doc="RoleSessionName of the OIDC role session",
+    )
+    sts_endpoint: str = setting(
+        "ALIBABA_CLOUD_STS_ENDPOINT",
+        _endpoint,
+        default="",
+        section=CORE,
+        shown="—",
+        doc=(
+            "STS endpoint for `AssumeRoleWithOIDC` (default from the region below, else `sts.aliyuncs.com`)"
+        ),
+    )
+    sts_region: str = setting(
+        "ALIBABA_CLOUD_STS_REGION",
+        str,
+        default="",
+        section=CORE,
+        shown="—",
+        doc="STS endpoint `sts.<region>.aliyuncs.com` (`sts-vpc.` when enabled)",
+    )
+    sts_vpc_endpoint: bool = setting(
+        "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED",
+        _bool,
+        default=False,
+        section=CORE,
+        shown="`false`",
+        row="ALIBABA_CLOUD_STS_REGION",
+    )
+    credentials_file: str = setting(
+        "ALIBABA_CLOUD_CREDENTIALS_FILE",
+        str,
+        default="",
+        section=CORE,
+        shown="`~/.alibabacloud/credentials.ini`",
+        doc="credentials file and profile (types `access_key`, `sts`, `oidc_role_arn`)",
+    )
+    credentials_profile: str = setting(
+        "ALIBABA_CLOUD_PROFILE",
+        str,
+        default="default",
+        section=CORE,
+        shown="`default`",
+        row="ALIBABA_CLOUD_CREDENTIALS_FILE",
+    )
+    cams_endpoint: str = setting(
+        "FALLBACK_CAMS_ENDPOINT",
+        _endpoint,
+        default="https://cams.ap-southeast-1.aliyuncs.com",
+        section=CORE,
+        shown="`https://cams.ap-southeast-1.aliyuncs.com`",
+        doc="CAMS endpoint; `http://host:port` for any CAMS-compatible server",
+    )
+    sms_endpoint: str = setting(
+        "FALLBACK_SMS_ENDPOINT",
+        _endpoint,
+        default="https://dysmsapi.ap-southeast-1.aliyuncs.com",
+        section=CORE,
+        shown="`https://dysmsapi.ap-southeast-1.aliyuncs.com`",
+        doc="SMS (Dysmsapi) endpoint",
+    )
+    sms_from: str = setting(
+        "FALLBACK_SMS_FROM",
+        str,
+        default="",
+        section=CORE,
+        shown="—",
+        doc="SMS sender id for `SendMessageToGlobe` (required without `--sandbox`)",
+    )
+    sms_template: str | None = setting(
+        "FALLBACK_SMS_TEMPLATE",
+        str,
+        default=None,
+        section=CORE,
+        shown="—",
+        doc=(
+            "fallback text when a message has no `FallBackContent`; `{name}` is filled from `TemplateParams`"
+        ),
+    )
+    receipt_token: Secret = setting(
+        "FALLBACK_RECEIPT_TOKEN",
+        _token,
+        factory=lambda: Secret(""),
+        section=CORE,
+        shown="—",
+        doc=("secret path segment of the receipt URLs (≥ 16 chars; required without `--sandbox`)"),
+    )
+    api_token: Secret = setting(
+        "FALLBACK_API_TOKEN",
+        _token,
+        factory=lambda: Secret(""),
+        section=CORE,
+        shown="—",
+        doc=(
+            "bearer token for `/v1` (≥ 16 chars; required without `--sandbox`): sends; also "
+            "operator reads and actions while the two below are unset"
+        ),
+    )
+    operator_token: Secret = setting(
+        "FALLBACK_OPERATOR_TOKEN",
+        _token,
+        factory=lambda: Secret(""),
+        section=CORE,
+        shown="—",
+        doc=(
+            "optional: once set, operator actions (cancel, fire, re-drive, held, replay) need"
+            " it instead of the API token; it also reads; a `/ui` session opened with it may "
+            'act (docs/operations.md "Tokens")'
+        ),
+    )
+    read_token: Secret = setting(
+        "FALLBACK_READ_TOKEN",
+        _token,
+        factory=lambda: Secret(""),
+        section=CORE,
+        shown="—",
+        doc=(
+            "optional: once set, operator reads (search, stats, charts, latency, dead "
+            "letters, a required `/metrics`) need it or the operator token instead of the API"
+            " token; a `/ui` session opened with it only reads"
+        ),
+    )
+    send_rate: float = setting(
+        "FALLBACK_SEND_RATE",
+        _float(0.1, 100000),
+        default=250.0,
+        section=CORE,
+        shown="`250`",
+        doc=(
+            "global `SendChatappMessage` cap in calls/s across all replicas (no sliding "
+            "second exceeds it), and the calls/s kept free below it for timing jitter: sends "
+            "are paced at rate − burst on the database clock "
+            "([docs/performance.md](docs/performance.md))"
+        ),
+    )
+    send_burst: int = setting(
+        "FALLBACK_SEND_BURST", _int(1, 1000), default=5, section=CORE, shown="`5`", row="FALLBACK_SEND_RATE"
+    )
+    send_concurrency: int = setting(
+        "FALLBACK_SEND_CONCURRENCY",
+        _int(1, 4096),
+        default=64,
+        section=CORE,
+        shown="`64`",
+        doc="in-flight provider calls per replica",
+    )
+    send_max_attempts: int = setting(
+        "FALLBACK_SEND_MAX_ATTEMPTS",
+        _int(1, 100),
+        default=8,
+        section=CORE,
+        shown="`8`",
+        doc="attempts on throttling/5xx/connect errors before `send_failed`",
+    )
+    send_timeout_s: float = setting(
+        "FALLBACK_SEND_TIMEOUT_S",
+        _float(0.1, 120),
+        default=10.0,
+        section=CORE,
+        shown="`10`",
+        doc="per-call timeout (a timeout after the request went out → `unknown`)",
+    )
+    sms_max_attempts: int = setting(
+        "FALLBACK_SMS_MAX_ATTEMPTS",
+        _int(1, 10000),
+        default=60,
+        section=CORE,
+        shown="`60`",
+        doc="cap on attempts for the fallback SMS on transient errors (besides the window)",
+    )
+    sms_retry_window_s: float = setting(
+        "FALLBACK_SMS_RETRY_WINDOW_S",
+        _float(0, 7 * 86400),
+        default=1800.0,
+        section=CORE,
+        shown="`1800`",
+        doc=(
+            "how long the fallback SMS is retried through the database (refused connection, "
+            "throttling, 5xx) from the moment it fired; then it is held as "
+            "`sms_retries_exhausted` for an operator"
+        ),
+    )
+    reconcile_delay_s: float = setting(
+        "FALLBACK_RECONCILE_DELAY_S",
+        _float(0, 86400),
+        default=60.0,
+        section=CORE,
+        shown="`60`",
+        doc=(
+            "wait after an ambiguous send's request before asking the provider "
+            "(`ListChatappMessage`, SMS query APIs) whether it arrived"
+        ),
+    )
+    reconcile_max_attempts: int = setting(
+        "FALLBACK_RECONCILE_MAX_ATTEMPTS",
+        _int(0, 1000),
+        default=6,
+        section=CORE,
+        shown="`6`",
+        doc=(
+            "lookups of an undecided `unknown` send (backing off from the delay, doubling, ≤ "
+            "1 h) before it is left for an operator"
+        ),
+    )
+    cams_cust_space_id: str = setting(
+        "FALLBACK_CAMS_CUST_SPACE_ID",
+        str,
+        default="",
+        section=CORE,
+        shown="(empty)",
+        doc=(
+            "the CustSpaceId `ListChatappMessage` is asked with when a message's own params "
+            "carry none; without either, an ambiguous chat send cannot be looked up and stays"
+            " `unknown`"
+        ),
+    )
+    fire_batch: int = setting(
+        "FALLBACK_FIRE_BATCH",
+        _int(1, 100000),
+        default=500,
+        section=CORE,
+        shown="`500`",
+        doc="due fallbacks claimed per round trip",
+    )
+    firing_lease_s: float = setting(
+        "FALLBACK_FIRING_LEASE_S",
+        _float(1, 86400),
+        default=120.0,
+        section=CORE,
+        shown="`120`",
+        doc="how long a `firing` row may wait for its SMS before recovery acts",
+    )
+    recovery_mode: str = setting(
+        "FALLBACK_RECOVERY_MODE",
+        _choice("park", "resend"),
+        default="park",
+        section=CORE,
+        shown="`park`",
+        doc="`park` (at-most-once: hold for an operator) or `resend` (at-least-once)",
+    )
+    timer_max_sleep_s: float = setting(
+        "FALLBACK_TIMER_MAX_SLEEP_S",
+        _float(0.01, 60),
+        default=1.0,
+        section=CORE,
+        shown="`1.0`",
+        doc="longest sleep of the timer loop between checks (NOTIFY wakes it earlier)",
+    )
+    max_body_bytes: int = setting(
+        "FALLBACK_MAX_BODY_BYTES",
+        _int(1024, 64 * 1024 * 1024),
+        default=2 * 1024 * 1024,
+        section=CORE,
+        shown="`2097152`",
+        doc="request body limit (413 above)",
+    )
+    shutdown_grace_s: float = setting(
+        "FALLBACK_SHUTDOWN_GRACE_S",
+        _float(0, 3600),
+        default=10.0,
+        section=CORE,
+        shown="`10`",
+        doc="on SIGTERM: stop claiming, finish in-flight calls within this time",
+    )
+    log_format: str = setting(
+        "FALLBACK_LOG_FORMAT",
+        _choice("auto", "json", "console"),
+        default="auto",
+        section=CORE,
+        shown="`auto`",
+        doc="`json`, `console` or `auto` (console on a TTY)",
+    )
+    log_level: str = setting(
+        "FALLBACK_LOG_LEVEL",
+        _choice("debug", "info", "warning", "error"),
+        default="info",
+        section=CORE,
+        shown="`info`",
+        row="FALLBACK_LOG_FORMAT",
+    )
+    sandbox_timer_scale: float = setting(
+        "FALLBACK_SANDBOX_TIMER_SCALE",
+        _float(0.001, 1.0),
+        default=1.0,
+        section=CORE,
+        shown="`1.0`",
+        doc=("**sandbox/demo only**: multiplies `FallBackDuration` (refused without `--sandbox`)"),
+    )
+    gate_window_s: float = setting(
+        "FALLBACK_GATE_WINDOW_S",
+        _float(0, 7 * 86400),
+        default=600.0,
+        section=CORE,
+        shown="`600`",
+        doc="receipt-feed health gate window (`0` disables)",
+    )
+    gate_channels: tuple[tuple[str, float], ...] = setting(
+        "FALLBACK_GATE_CHANNELS",
+        _channel_windows,
+        default=(),
+        section=CORE,
+        shown="—",
+        doc="per-channel windows, e.g. `whatsapp:300,viber:0`",
+    )
+    sqs_chatapp_queue_url: str = setting(
+        "FALLBACK_SQS_CHATAPP_QUEUE_URL",
+        _queue_url,
+        default="",
+        section=QUEUES,
+        shown="—",
+        doc="SQS queues carrying CAMS status reports / SMS reports (raw or base64 JSON)",
+    )
+    sqs_sms_queue_url: str = setting(
+        "FALLBACK_SQS_SMS_QUEUE_URL",
+        _queue_url,
+        default="",
+        section=QUEUES,
+        shown="",
+        row="FALLBACK_SQS_CHATAPP_QUEUE_URL",
+    )
+    sqs_pollers: int = setting(
+        "FALLBACK_SQS_POLLERS",
+        _int(1, 64),
+        default=2,
+        section=QUEUES,
+        shown="`2`",
+        doc="concurrent long polls per queue, long-poll seconds (≤ 20)",
+    )
+    # long poll; shutdown waits for a poll in progress, so stay below the grace
+    sqs_wait_s: int = setting(
+        "FALLBACK_SQS_WAIT_S",
+        _int(1, 20),
+        default=10,
+        section=QUEUES,
+        shown="`10`",
+        row="FALLBACK_SQS_POLLERS",
+    )
+    aws_region: str = setting(
+        "FALLBACK_AWS_REGION",
+        str,
+        default="",
+        section=SMS,
+        shown="AWS chain",
+        doc=(
+            "region and endpoint override (moto, localstack) for SNS and SQS; credentials "
+            "come from the standard AWS chain"
+        ),
+    )
+    # moto / localstack; used by the SQS and SNS clients
+    aws_endpoint_url: str | None = setting(
+        "FALLBACK_AWS_ENDPOINT_URL",
+        _endpoint,
+        default=None,
+        section=SMS,
+        shown="—",
+        row="FALLBACK_AWS_REGION",
+    )
+    mns_mode: str = setting(
+        "FALLBACK_MNS_MODE",
+        _choice("alicom", "own"),
+        default="alicom",
+        section=QUEUES,
+        shown="`alicom`",
+        doc=(
+            "`alicom` (Alibaba's queues, temporary credentials from `QueryTokenForMnsQueue`) "
+            "or `own` (a queue of your account, static AccessKey)"
+        ),
+    )
+    mns_endpoint: str = setting(
+        "FALLBACK_MNS_ENDPOINT",
+        _endpoint,
+        default="",
+        section=QUEUES,
+        shown="—",
+        doc=("MNS account endpoint, e.g. `https://1943695596114318.mns.cn-hangzhou.aliyuncs.com`"),
+    )
+    mns_chatapp_queue: str = setting(
+        "FALLBACK_MNS_CHATAPP_QUEUE",
+        _mns_queue_name,
+        default="",
+        section=QUEUES,
+        shown="—",
+        doc="e.g. `Alicom-Queue-<uid>-ChatAppStatus` / `Alicom-Queue-<uid>-SmsReport`",
+    )
+    mns_sms_queue: str = setting(
+        "FALLBACK_MNS_SMS_QUEUE",
+        _mns_queue_name,
+        default="",
+        section=QUEUES,
+        shown="",
+        row="FALLBACK_MNS_CHATAPP_QUEUE",
+    )
+    mns_access_key_id: str = setting(
+        "FALLBACK_MNS_ACCESS_KEY_ID",
+        str,
+        default="",
+        section=QUEUES,
+        shown="the `ALIBABA_CLOUD_*` pair",
+        doc="AccessKey for MNS (own mode) or for the token call (Alicom mode)",
+    )
+    mns_access_key_secret: Secret = setting(
+        "FALLBACK_MNS_ACCESS_KEY_SECRET",
+        Secret,
+        factory=lambda: Secret(""),
+        section=QUEUES,
+        shown="",
+        row="FALLBACK_MNS_ACCESS_KEY_ID",
+    )
+    dybaseapi_endpoint: str = setting(
+        "FALLBACK_DYBASEAPI_ENDPOINT",
+        _endpoint,
+        default="https://dybaseapi.aliyuncs.com",
+        section=QUEUES,
+        shown="`https://dybaseapi.aliyuncs.com`",
+        doc="where `QueryTokenForMnsQueue` is called",
+    )
+    dybaseapi_version: str = setting(
+        "FALLBACK_DYBASEAPI_VERSION",
+        _choice("2017-05-25", "2018-05-01"),
+        default="2017-05-25",
+        section=QUEUES,
+        shown="`2017-05-25`",
+        row="FALLBACK_DYBASEAPI_ENDPOINT",
+    )
+    mns_pollers: int = setting(
+        "FALLBACK_MNS_POLLERS",
+        _int(1, 64),
+        default=2,
+        section=QUEUES,
+        shown="`2`",
+        doc="concurrent long polls per queue, long-poll seconds, messages per receive (≤ 16)",
+    )
+    mns_wait_s: int = setting(
+        "FALLBACK_MNS_WAIT_S",
+        _int(0, 30),
+        default=10,
+        section=QUEUES,
+        shown="`10`",
+        row="FALLBACK_MNS_POLLERS",
+    )
+    mns_batch: int = setting(
+        "FALLBACK_MNS_BATCH",
+        _int(1, 16),
+        default=16,
+        section=QUEUES,
+        shown="`16`",
+        row="FALLBACK_MNS_POLLERS",
+    )
+    sms_provider: str = setting(
+        "FALLBACK_SMS_PROVIDER",
+        _choice(*SMS_PROVIDERS),
+        default="globe",
+        section=SMS,
+        shown="`globe`",
+        doc=(
+            "default provider: `globe` (`SendMessageToGlobe`), `domestic` (`SendSms`) or "
+            "`sns` (AWS SNS `Publish`)"
+        ),
+    )
+    sms_routes: tuple[tuple[str, str], ...] = setting(
+        "FALLBACK_SMS_ROUTES",
+        _sms_routes,
+        default=(),
+        section=SMS,
+        shown="—",
+        doc=(
+            "per `To` prefix or channel, e.g. `86=domestic,1=sns,channel:viber=globe` "
+            "(longest prefix, then channel, then default)"
+        ),
+    )
+    sms_sign_name: str = setting(
+        "FALLBACK_SMS_SIGN_NAME",
+        str,
+        default="",
+        section=SMS,
+        shown="—",
+        doc="`SendSms` `SignName` / `TemplateCode` (required when `domestic` is used)",
+    )
+    # SendSms TemplateCode
+    sms_template_code: str = setting(
+        "FALLBACK_SMS_TEMPLATE_CODE", str, default="", section=SMS, shown="", row="FALLBACK_SMS_SIGN_NAME"
+    )
+    sms_template_param: tuple[tuple[str, str], ...] | None = setting(
+        "FALLBACK_SMS_TEMPLATE_PARAM",
+        _template_param_map,
+        default=None,
+        section=SMS,
+        shown="the message's `TemplateParams`",
+        doc="JSON object mapping `SendSms` variables to `{name}` texts",
+    )
+    sms_domestic_endpoint: str = setting(
+        "FALLBACK_SMS_DOMESTIC_ENDPOINT",
+        _endpoint,
+        default="https://dysmsapi.aliyuncs.com",
+        section=SMS,
+        shown="`https://dysmsapi.aliyuncs.com`",
+        doc="`SendSms` endpoint",
+    )
+    sns_sender_id: str = setting(
+        "FALLBACK_SNS_SENDER_ID",
+        _sender_id,
+        default="",
+        section=SMS,
+        shown="—",
+        doc=(
+            "SNS `AWS.SNS.SMS.SenderID` / `SMSType` (SNS has no per-message receipt: its leg "
+            "ends at `sms_sent`)"
+        ),
+    )
+    sns_sms_type: str = setting(
+        "FALLBACK_SNS_SMS_TYPE",
+        _choice("Transactional", "Promotional"),
+        default="Transactional",
+        section=SMS,
+        shown="`Transactional`",
+        row="FALLBACK_SNS_SENDER_ID",
+    )
+    retention_days: float = setting(
+        "FALLBACK_RETENTION_DAYS",
+        _float(0, 36500),
+        default=30.0,
+        section=SMS,
+        shown="`30`",
+        doc=(
+            "finished messages (with their events and receipts), never-matched receipts and "
+            "replayed dead letters older than this many days are purged, this many rows per "
+            "statement; `0` days disables ([docs/scaling.md](docs/scaling.md))"
+        ),
+    )
+    # rows per DELETE
+    retention_batch: int = setting(
+        "FALLBACK_RETENTION_BATCH",
+        _int(1, 100000),
+        default=1000,
+        section=SMS,
+        shown="`1000`",
+        row="FALLBACK_RETENTION_DAYS",
+    )
+    ui_session_ttl_s: float = setting(
+        "FALLBACK_UI_SESSION_TTL_S",
+        _float(60, 30 * 86400),
+        default=8 * 3600.0,
+        section=CORE,
+        shown="`28800` (8 h)",
+        doc=(
+            'a `/ui` sign-in lasts this long (60 s – 30 days), or until "Sign out" revokes it'
+            " ([docs/security.md](docs/security.md#operator-page-sessions))"
+        ),
+    )
+    public_url: str = setting(
+        "FALLBACK_PUBLIC_URL",
+        _public_url,
+        default="",
+        section=CORE,
+        shown="—",
+        doc=(
+            "the daemon's external URL; when it is `https://…` (a TLS proxy in front) the "
+            "`/ui` cookie is `Secure`"
+        ),
+    )
+    metrics_require_token: bool = setting(
+        "FALLBACK_METRICS_REQUIRE_TOKEN",
+        _bool,
+        default=False,
+        section=CORE,
+        shown="`false`",
+        doc=(
+            "`true`: `GET /metrics` needs a bearer token that may read "
+            "(`FALLBACK_READ_TOKEN`, the operator token, or the API token while no read token"
+            " is set; open by default for Prometheus scrapers on a private network)"
+        ),
+    )
+    webhook_retry_schedule: tuple[float, ...] = setting(
+        "FALLBACK_WEBHOOK_RETRY_SCHEDULE",
+        _webhook_schedule,
+        default=(0, 5, 300, 1800, 7200, 18000, 36000, 36000),
+        section=CORE,
+        shown="`0,5,300,1800,7200,18000,36000,36000`",
+        doc=(
+            "seconds before each webhook attempt (the first included); after the last, a "
+            "delivery is `failed` until replayed ([docs/webhooks.md](docs/webhooks.md))"
+        ),
+    )
+    webhook_timeout_s: float = setting(
+        "FALLBACK_WEBHOOK_TIMEOUT_S",
+        _float(0.1, 120),
+        default=15.0,
+        section=CORE,
+        shown="`15`",
+        doc="a webhook attempt succeeds on a 2xx within this time",
+    )
+    webhook_disable_after_s: float = setting(
+        "FALLBACK_WEBHOOK_DISABLE_AFTER_S",
+        _float(0, 365 * 86400),
+        default=5 * 86400.0,
+        section=CORE,
+        shown="`432000` (5 days)",
+        doc=(
+            "an endpoint failing without a single success for this long is disabled (`0`: "
+            "never); `webhooks enable` resumes it"
+        ),
+    )
+    webhook_concurrency: int = setting(
+        "FALLBACK_WEBHOOK_CONCURRENCY",
+        _int(1, 1024),
+        default=32,
+        section=CORE,
+        shown="`32`",
+        doc="webhook attempts in flight per replica",
+    )
+    budget_tz: str = setting(
+        "FALLBACK_BUDGET_TZ",
+        _zone,
+        default="UTC",
+        section=GUARDS,
+        shown="`UTC`",
+        doc="the IANA zone whose calendar day the daily SMS budgets count",
+    )
+    budget_action: str = setting(
+        "FALLBACK_BUDGET_ACTION",
+        _choice("hold", "drop"),
+        default="hold",
+        section=GUARDS,
+        shown="`hold`",
+        doc=(
+            "over budget: `hold` (held, `hold_reason budget`; a release checks the budget "
+            "again) or `drop` (suppressed)"
+        ),
+    )
+    sms_deny_prefixes: tuple[str, ...] = setting(
+        "FALLBACK_SMS_DENY_PREFIXES",
+        _prefixes,
+        default=(),
+        section=GUARDS,
+        shown="—",
+        doc="number prefixes that never get a fallback SMS (toll fraud), e.g. `881,882,883`",
+    )
+    quiet_hours: tuple[tuple[str, int, int, str], ...] = setting(
+        "FALLBACK_QUIET_HOURS",
+        _quiet_hours,
+        default=(),
+        section=GUARDS,
+        shown="—",
+        doc=(
+            "per prefix, e.g. `86=22:00-08:00@Asia/Shanghai,44=21:00-08:00@Europe/London`: a "
+            "fallback due inside waits until the window ends (`FallBackUrgent: true` goes "
+            "through)"
+        ),
+    )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"Settings({fields})"
+
+    @property
+    def provider_credentials_missing(self) -> list[str]:
+        """Names of the variables a real (non-sandbox) run still needs."""
+        missing = []
+        if not self.access_key_id:
+            missing.append("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        if not self.access_key_secret:
+            missing.append("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+        if not self.receipt_token:
+            missing.append("FALLBACK_RECEIPT_TOKEN")
+        if not self.api_token:
+            missing.append("FALLBACK_API_TOKEN")
+        globe_used = "globe" in {self.sms_provider, *(p for _, p in self.sms_routes)}
+        if globe_used and not self.sms_from:
+            missing.append("FALLBACK_SMS_FROM")
+        return missing
+
+
+# environment variable -> (Settings field, parser), derived from the declarations
 ENV: dict[str, tuple[str, Callable[[str], object]]] = {
-    "DATABASE_URL": ("database_url", _dsn),
-    "FALLBACK_DB_CONNECT_WAIT_S": ("db_connect_wait_s", _float(0, 3600)),
-    "FALLBACK_DATA_DIR": ("data_dir", pathlib.Path),
-    "FALLBACK_HTTP_HOST": ("http_host", str),
-    "FALLBACK_HTTP_PORT": ("http_port", _int(0, 65535)),
-    "ALIBABA_CLOUD_ACCESS_KEY_ID": ("access_key_id", str),
-    "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ("access_key_secret", Secret),
-    "ALIBABA_CLOUD_SECURITY_TOKEN": ("security_token", Secret),
-    "ALIBABA_CLOUD_ROLE_ARN": ("role_arn", str),
-    "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": ("oidc_provider_arn", str),
-    "ALIBABA_CLOUD_OIDC_TOKEN_FILE": ("oidc_token_file", str),
-    "ALIBABA_CLOUD_ROLE_SESSION_NAME": ("role_session_name", str),
-    "ALIBABA_CLOUD_STS_ENDPOINT": ("sts_endpoint", _endpoint),
-    "ALIBABA_CLOUD_STS_REGION": ("sts_region", str),
-    "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED": ("sts_vpc_endpoint", _bool),
-    "ALIBABA_CLOUD_CREDENTIALS_FILE": ("credentials_file", str),
-    "ALIBABA_CLOUD_PROFILE": ("credentials_profile", str),
-    "FALLBACK_CAMS_ENDPOINT": ("cams_endpoint", _endpoint),
-    "FALLBACK_SMS_ENDPOINT": ("sms_endpoint", _endpoint),
-    "FALLBACK_SMS_FROM": ("sms_from", str),
-    "FALLBACK_SMS_TEMPLATE": ("sms_template", str),
-    "FALLBACK_RECEIPT_TOKEN": ("receipt_token", _token),
-    "FALLBACK_API_TOKEN": ("api_token", _token),
-    "FALLBACK_OPERATOR_TOKEN": ("operator_token", _token),
-    "FALLBACK_READ_TOKEN": ("read_token", _token),
-    "FALLBACK_SEND_RATE": ("send_rate", _float(0.1, 100000)),
-    "FALLBACK_SEND_BURST": ("send_burst", _int(1, 1000)),
-    "FALLBACK_SEND_CONCURRENCY": ("send_concurrency", _int(1, 4096)),
-    "FALLBACK_SEND_MAX_ATTEMPTS": ("send_max_attempts", _int(1, 100)),
-    "FALLBACK_SEND_TIMEOUT_S": ("send_timeout_s", _float(0.1, 120)),
-    "FALLBACK_SMS_MAX_ATTEMPTS": ("sms_max_attempts", _int(1, 10000)),
-    "FALLBACK_SMS_RETRY_WINDOW_S": ("sms_retry_window_s", _float(0, 7 * 86400)),
-    "FALLBACK_RECONCILE_DELAY_S": ("reconcile_delay_s", _float(0, 86400)),
-    "FALLBACK_RECONCILE_MAX_ATTEMPTS": ("reconcile_max_attempts", _int(0, 1000)),
-    "FALLBACK_CAMS_CUST_SPACE_ID": ("cams_cust_space_id", str),
-    "FALLBACK_FIRE_BATCH": ("fire_batch", _int(1, 100000)),
-    "FALLBACK_FIRING_LEASE_S": ("firing_lease_s", _float(1, 86400)),
-    "FALLBACK_RECOVERY_MODE": ("recovery_mode", _choice("park", "resend")),
-    "FALLBACK_TIMER_MAX_SLEEP_S": ("timer_max_sleep_s", _float(0.01, 60)),
-    "FALLBACK_MAX_BODY_BYTES": ("max_body_bytes", _int(1024, 64 * 1024 * 1024)),
-    "FALLBACK_SHUTDOWN_GRACE_S": ("shutdown_grace_s", _float(0, 3600)),
-    "FALLBACK_LOG_FORMAT": ("log_format", _choice("auto", "json", "console")),
-    "FALLBACK_LOG_LEVEL": ("log_level", _choice("debug", "info", "warning", "error")),
-    "FALLBACK_SANDBOX_TIMER_SCALE": ("sandbox_timer_scale", _float(0.001, 1.0)),
-    "FALLBACK_GATE_WINDOW_S": ("gate_window_s", _float(0, 7 * 86400)),
-    "FALLBACK_GATE_CHANNELS": ("gate_channels", _channel_windows),
-    # --- queues (MNS / SQS) ---
-    "FALLBACK_SQS_CHATAPP_QUEUE_URL": ("sqs_chatapp_queue_url", _queue_url),
-    "FALLBACK_SQS_SMS_QUEUE_URL": ("sqs_sms_queue_url", _queue_url),
-    "FALLBACK_SQS_POLLERS": ("sqs_pollers", _int(1, 64)),
-    "FALLBACK_SQS_WAIT_S": ("sqs_wait_s", _int(1, 20)),
-    "FALLBACK_AWS_REGION": ("aws_region", str),
-    "FALLBACK_AWS_ENDPOINT_URL": ("aws_endpoint_url", _endpoint),
-    "FALLBACK_MNS_MODE": ("mns_mode", _choice("alicom", "own")),
-    "FALLBACK_MNS_ENDPOINT": ("mns_endpoint", _endpoint),
-    "FALLBACK_MNS_CHATAPP_QUEUE": ("mns_chatapp_queue", _mns_queue_name),
-    "FALLBACK_MNS_SMS_QUEUE": ("mns_sms_queue", _mns_queue_name),
-    "FALLBACK_MNS_ACCESS_KEY_ID": ("mns_access_key_id", str),
-    "FALLBACK_MNS_ACCESS_KEY_SECRET": ("mns_access_key_secret", Secret),
-    "FALLBACK_DYBASEAPI_ENDPOINT": ("dybaseapi_endpoint", _endpoint),
-    "FALLBACK_DYBASEAPI_VERSION": ("dybaseapi_version", _choice("2017-05-25", "2018-05-01")),
-    "FALLBACK_MNS_POLLERS": ("mns_pollers", _int(1, 64)),
-    "FALLBACK_MNS_WAIT_S": ("mns_wait_s", _int(0, 30)),
-    "FALLBACK_MNS_BATCH": ("mns_batch", _int(1, 16)),
-    # --- SMS providers and routing ---
-    "FALLBACK_SMS_PROVIDER": ("sms_provider", _choice(*SMS_PROVIDERS)),
-    "FALLBACK_SMS_ROUTES": ("sms_routes", _sms_routes),
-    "FALLBACK_SMS_SIGN_NAME": ("sms_sign_name", str),
-    "FALLBACK_SMS_TEMPLATE_CODE": ("sms_template_code", str),
-    "FALLBACK_SMS_TEMPLATE_PARAM": ("sms_template_param", _template_param_map),
-    "FALLBACK_SMS_DOMESTIC_ENDPOINT": ("sms_domestic_endpoint", _endpoint),
-    "FALLBACK_SNS_SENDER_ID": ("sns_sender_id", _sender_id),
-    "FALLBACK_SNS_SMS_TYPE": ("sns_sms_type", _choice("Transactional", "Promotional")),
-    # --- retention ---
-    "FALLBACK_RETENTION_DAYS": ("retention_days", _float(0, 36500)),
-    "FALLBACK_RETENTION_BATCH": ("retention_batch", _int(1, 100000)),
-    # --- operator page sessions, /metrics access ---
-    "FALLBACK_UI_SESSION_TTL_S": ("ui_session_ttl_s", _float(60, 30 * 86400)),
-    "FALLBACK_PUBLIC_URL": ("public_url", _public_url),
-    "FALLBACK_METRICS_REQUIRE_TOKEN": ("metrics_require_token", _bool),
-    # --- outcome events (webhooks) ---
-    "FALLBACK_WEBHOOK_RETRY_SCHEDULE": ("webhook_retry_schedule", _webhook_schedule),
-    "FALLBACK_WEBHOOK_TIMEOUT_S": ("webhook_timeout_s", _float(0.1, 120)),
-    "FALLBACK_WEBHOOK_DISABLE_AFTER_S": ("webhook_disable_after_s", _float(0, 365 * 86400)),
-    "FALLBACK_WEBHOOK_CONCURRENCY": ("webhook_concurrency", _int(1, 1024)),
-    # --- guards at the moment of fallback ---
-    "FALLBACK_BUDGET_TZ": ("budget_tz", _zone),
-    "FALLBACK_BUDGET_ACTION": ("budget_action", _choice("hold", "drop")),
-    "FALLBACK_SMS_DENY_PREFIXES": ("sms_deny_prefixes", _prefixes),
-    "FALLBACK_QUIET_HOURS": ("quiet_hours", _quiet_hours),
+    f.metadata["env"]: (f.name, f.metadata["parse"]) for f in dataclasses.fields(Settings)
 }
+
+
+def readme_tables() -> dict[str, str]:
+    """The README's configuration tables (section -> markdown rows), generated from the declarations."""
+    members: dict[str, list[dataclasses.Field[Any]]] = {}
+    for f in dataclasses.fields(Settings):
+        members.setdefault(f.metadata["row"] or f.metadata["env"], []).append(f)
+    tables: dict[str, list[str]] = {
+        s: ["| variable | default | meaning |", "|---|---|---|"] for s in SECTIONS
+    }
+    for group in members.values():
+        lead = group[0].metadata
+        names = " / ".join(f"`{f.metadata['env']}`" for f in group)
+        shown = [f.metadata["shown"] for f in group]
+        default = " / ".join(shown) if all(shown) else lead["shown"] or "—"
+        tables[lead["section"]].append(f"| {names} | {default} | {lead['doc']} |")
+    return {s: "\n".join(rows) for s, rows in tables.items()}
+
+
+def readme_with_tables(text: str) -> str:
+    """The README `text` with each `<!-- settings:NAME -->` … `<!-- /settings:NAME -->` block regenerated."""
+    for section, table in readme_tables().items():
+        start, end = f"<!-- settings:{section} -->", f"<!-- /settings:{section} -->"
+        head, sep, rest = text.partition(start)
+        _, sep2, after = rest.partition(end)
+        if not (sep and sep2):
+            raise ValueError(f"README has no {start} … {end} block")
+        text = f"{head}{start}\n{table}\n{end}{after}"
+    return text
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m fallback_daemon.config --write-readme [README.md]`: regenerate the README's tables."""
+    if argv[:1] != ["--write-readme"]:
+        print("usage: python -m fallback_daemon.config --write-readme [README.md]")
+        return 2
+    path = pathlib.Path(argv[1] if len(argv) > 1 else "README.md")
+    path.write_text(readme_with_tables(path.read_text()))
+    return 0
 
 
 PREFIX = "FALLBACK_"
@@ -521,3 +1153,9 @@ def check_tokens_distinct(settings: Settings) -> None:
             raise errors.ConfigError(var, f"must differ from {seen[token.reveal()]}")
         if token:
             seen[token.reveal()] = var
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))

@@ -24,3 +24,26 @@ def test_readme_commands_match_the_makefile() -> None:
     assert "make test" in (root / ".ci" / "run").read_text()
     assert "make demo" in README.read_text()
     assert "make test" in README.read_text()
+
+
+def test_readme_configuration_tables_are_generated_from_the_declarations() -> None:
+    """The README's configuration tables are exactly what `config.readme_tables` makes of the declarations
+    (regenerate: `.venv/bin/python -m fallback_daemon.config --write-readme`)."""
+    text = README.read_text()
+    assert config.readme_with_tables(text) == text
+
+
+def test_each_shown_default_names_the_declared_default() -> None:
+    """A README default column that names a plain value names the one the code uses (no drift)."""
+    import dataclasses
+
+    wrong = []
+    for f in dataclasses.fields(config.Settings):
+        if isinstance(f.default, bool | int | float | str) and f.default not in ("", None):
+            value = f.default
+            forms = {f"`{value}`", f"`{value:g}`" if isinstance(value, float) else f"`{value}`"}
+            if isinstance(value, bool):
+                forms = {f"`{str(value).lower()}`"}
+            if not any(form in f.metadata["shown"] for form in forms):
+                wrong.append((f.metadata["env"], f.metadata["shown"], value))
+    assert wrong == []
