@@ -26,7 +26,7 @@ import asyncpg
 import psutil
 
 from bench import harness
-from fallback_daemon import embedded
+from fallback_daemon.db import embedded
 
 # name -> module of bench/ whose `run(bench)` measures it, in the order they run.
 SCENARIOS: dict[str, str] = {

@@ -18,7 +18,7 @@ import asyncpg
 
 from bench import harness, replicas
 from bench.harness import Q
-from fallback_daemon import sql
+from fallback_daemon.db import sql
 
 SINGLE_CONCURRENCY = 32
 BATCH = 500

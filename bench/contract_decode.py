@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import pydantic
 
-from fallback_daemon import validation
+from fallback_daemon.core import validation
 from fallback_daemon.web import schemas
 
 BODY = json.dumps(

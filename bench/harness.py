@@ -24,7 +24,7 @@ import aiohttp
 import asyncpg
 import psutil
 
-from fallback_daemon import migrate, sql
+from fallback_daemon.db import migrate, sql
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

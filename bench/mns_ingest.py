@@ -27,7 +27,10 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 import asyncpg
 
-from fallback_daemon import config, consumers, embedded, logs, migrate, model, service, store, validation
+from fallback_daemon import config, logs
+from fallback_daemon.core import model, validation
+from fallback_daemon.db import embedded, migrate, store
+from fallback_daemon.engine import consumers, service
 from fallback_daemon.providers import dybaseapi, mns
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import asyncpg
 
 from bench import harness
 from bench.harness import Q
-from fallback_daemon import sql
+from fallback_daemon.db import sql
 
 CONCURRENCY = 8
 PER_PUSH = 100

@@ -22,7 +22,8 @@ import asyncpg
 
 from bench import harness, timers
 from bench.harness import Q
-from fallback_daemon import service, sql, store
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine import service
 
 CORE = sql.queries
 PLANS = {  # query -> sample arguments

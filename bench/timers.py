@@ -20,7 +20,8 @@ import asyncpg
 
 from bench import harness
 from bench.harness import Q
-from fallback_daemon import service, store
+from fallback_daemon.db import store
+from fallback_daemon.engine import service
 
 BATCH = 500  # the daemon's default FALLBACK_FIRE_BATCH
 LEASE_S = 120.0

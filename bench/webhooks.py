@@ -27,7 +27,8 @@ from typing import Any
 import asyncpg
 
 from bench import harness
-from fallback_daemon import embedded, migrate, store, webhooks
+from fallback_daemon.db import embedded, migrate, store
+from fallback_daemon.engine import webhooks
 
 RECEIVER = """
 import asyncio, sys

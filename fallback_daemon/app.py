@@ -20,25 +20,11 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from fallback_daemon import (
-    config,
-    consumers,
-    embedded,
-    errors,
-    guards,
-    health,
-    logs,
-    loops,
-    migrate,
-    model,
-    ports,
-    ratelimit,
-    service,
-    store,
-)
-from fallback_daemon import (
-    web as web_,
-)
+from fallback_daemon import config, logs
+from fallback_daemon import web as web_
+from fallback_daemon.core import errors, model, ports
+from fallback_daemon.db import embedded, migrate, store
+from fallback_daemon.engine import consumers, guards, health, loops, ratelimit, service
 from fallback_daemon.providers import acs, aws, cams, dybaseapi, mns, sms_routing, sqs
 from fallback_daemon.providers import credentials as credentials_mod
 from fallback_daemon.web import keys
@@ -143,7 +129,7 @@ async def open_sandbox(
     settings: config.Settings, sb_config: object | None = None
 ) -> AsyncIterator[tuple[config.Settings, object]]:
     """Start the built-in sandbox in-process and point the providers at it."""
-    from fallback_daemon import sandbox  # the sandbox is only imported when asked for
+    from fallback_daemon import sandbox
 
     sb_config = sb_config or sandbox.SandboxConfig()
     assert isinstance(sb_config, sandbox.SandboxConfig)
@@ -179,7 +165,13 @@ def alibaba_credentials(
 def check_can_run(settings: config.Settings, *, use_sandbox: bool) -> None:
     if not use_sandbox:
         missing = settings.provider_credentials_missing
-        if credentials_mod.source(settings) in ("oidc_role_arn", "profile"):  # no AccessKey needed
+        try:
+            source = credentials_mod.source(settings)
+        except errors.ConfigError:
+            if not missing:
+                raise
+            source = None  # a half-set AccessKey pair: the list below names its missing half with the rest
+        if source in ("oidc_role_arn", "profile"):  # no AccessKey needed
             missing = [m for m in missing if not m.startswith("ALIBABA_CLOUD_ACCESS_KEY")]
         if missing:
             also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
@@ -409,7 +401,7 @@ def supervised_loops(
     }
     # --- retention (purge of finished rows): owned by the performance work ---
     if settings.retention_days > 0:
-        from fallback_daemon import retention  # only this block knows the module
+        from fallback_daemon.engine import retention
 
         purge = retention.RetentionLoop(
             retention.PgRetentionStore(db), days=settings.retention_days, batch=settings.retention_batch
@@ -417,7 +409,7 @@ def supervised_loops(
         runs["retention"] = functools.partial(purge.run, stop)
     # --- end retention ---
     # --- outcome events (webhooks, docs/webhooks.md): their own loop, never on the send path ---
-    from fallback_daemon import webhooks  # only this block knows the module
+    from fallback_daemon.engine import webhooks
 
     deliverer = webhooks.WebhookLoop(
         webhooks.WebhookStore(db),

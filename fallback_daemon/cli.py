@@ -10,7 +10,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from fallback_daemon import app, cli_guards, cli_ops, cli_webhooks, config, errors, logs, migrate
+from fallback_daemon import app, config, logs
+from fallback_daemon.core import errors
+from fallback_daemon.db import migrate
+from fallback_daemon.ops import cli_guards, cli_ops, cli_webhooks
 
 log = structlog.get_logger("fallback_daemon.cli")
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yarl
 
-from fallback_daemon import errors
+from fallback_daemon.core import errors
 
 T = TypeVar("T")
 

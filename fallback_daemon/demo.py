@@ -18,7 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from fallback_daemon import app, config, sql
+from fallback_daemon import app, config
+from fallback_daemon.db import sql
 
 RULES = ("undelivered", "undelivered", "unread", "sentFailed")
 CHAT = ("accepted", "sending", "unknown", "sent", "delivered", "read", "failed", "send_failed")

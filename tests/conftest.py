@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from fallback_daemon import embedded, migrate, service, store
+from fallback_daemon.db import embedded, migrate, store
+from fallback_daemon.engine import service
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEMPLATE = f"fd_test_template_{os.getpid()}"  # one per pytest process: parallel runs never collide

@@ -18,7 +18,7 @@ import collections
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
-from fallback_daemon import errors, ports
+from fallback_daemon.core import errors, ports
 
 
 class _Script:

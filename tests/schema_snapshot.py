@@ -28,7 +28,7 @@ import warnings
 import asyncpg
 import structlog
 
-from fallback_daemon import embedded, migrate
+from fallback_daemon.db import embedded, migrate
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "fallback_daemon" / "sql_files" / "schema.sql"

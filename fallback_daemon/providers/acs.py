@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import yarl
 
-from fallback_daemon import errors
+from fallback_daemon.core import errors
 from fallback_daemon.providers import credentials as credentials_mod
 from fallback_daemon.providers import signing
 

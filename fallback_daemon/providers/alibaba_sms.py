@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fallback_daemon import errors, ports
+from fallback_daemon.core import errors, ports
 from fallback_daemon.providers import acs
 
 VERSION = "2018-05-01"

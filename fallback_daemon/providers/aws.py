@@ -14,7 +14,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore import exceptions as boto_errors
 
-from fallback_daemon import errors
+from fallback_daemon.core import errors
 
 # Error codes that mean "refused for now, nothing happened": safe to retry with backoff.
 TRANSIENT_CODES = frozenset(

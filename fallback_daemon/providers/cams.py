@@ -8,7 +8,7 @@ import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from fallback_daemon import errors, ports
+from fallback_daemon.core import errors, ports
 from fallback_daemon.providers import acs
 
 VERSION = "2020-06-06"

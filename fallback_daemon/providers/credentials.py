@@ -37,7 +37,8 @@ import aiohttp
 import structlog
 import yarl
 
-from fallback_daemon import config, errors
+from fallback_daemon import config
+from fallback_daemon.core import errors
 
 log = structlog.get_logger("fallback_daemon.providers.credentials")
 

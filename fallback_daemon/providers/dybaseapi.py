@@ -19,7 +19,8 @@ import aiohttp
 import structlog
 import yarl
 
-from fallback_daemon import config, errors, metrics, model
+from fallback_daemon import config, metrics
+from fallback_daemon.core import errors, model
 from fallback_daemon.providers import credentials as credentials_mod
 from fallback_daemon.providers import mns, signing
 

@@ -23,7 +23,8 @@ import aiohttp
 import structlog
 import yarl
 
-from fallback_daemon import config, errors, metrics, model, ports
+from fallback_daemon import config, metrics
+from fallback_daemon.core import errors, model, ports
 from fallback_daemon.providers import signing
 
 log = structlog.get_logger("fallback_daemon.providers.mns")

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from aiobotocore.session import AioSession
 
-from fallback_daemon import config, errors, ports, validation
+from fallback_daemon import config
+from fallback_daemon.core import errors, ports, validation
 from fallback_daemon.providers import acs, alibaba_sms, aws, sns
 
 CHANNEL = "channel:"

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from fallback_daemon import errors, ports
+from fallback_daemon.core import errors, ports
 from fallback_daemon.providers import aws
 
 FALLBACK_ID_ATTRIBUTE = "fallback_id"

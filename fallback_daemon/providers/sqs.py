@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 from aiobotocore.session import AioSession
 
-from fallback_daemon import config, model, ports
+from fallback_daemon import config
+from fallback_daemon.core import model, ports
 from fallback_daemon.providers import aws
 
 log = structlog.get_logger("fallback_daemon.providers.sqs")

@@ -16,7 +16,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from fallback_daemon import config, errors, health, logs, service, validation
+from fallback_daemon import config, logs
+from fallback_daemon.core import errors, validation
+from fallback_daemon.engine import health, service
 from fallback_daemon.web import api, guards, keys, operator, receipts, ui, webhooks
 
 log = structlog.get_logger("fallback_daemon.web")

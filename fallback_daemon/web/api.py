@@ -8,7 +8,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from fallback_daemon import errors, model, service, validation
+from fallback_daemon.core import errors, model, validation
+from fallback_daemon.engine import service
 from fallback_daemon.web import keys, schemas, tokens
 
 MAX_KEY = 255

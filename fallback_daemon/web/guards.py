@@ -14,8 +14,9 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from fallback_daemon import errors, opinput, validation
-from fallback_daemon import guards as rules
+from fallback_daemon.core import errors, validation
+from fallback_daemon.engine import guards as rules
+from fallback_daemon.ops import opinput
 from fallback_daemon.web import api, keys, operator
 
 OPT_OUT_PARAMS = ("number", "limit", "cursor")

@@ -6,7 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from fallback_daemon import config, service
+from fallback_daemon import config
+from fallback_daemon.engine import service
 
 SETTINGS = web.AppKey("settings", config.Settings)
 SERVICE = web.AppKey("service", service.Service)

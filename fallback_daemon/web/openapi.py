@@ -39,7 +39,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from fallback_daemon import advice, opinput, opstats, webhooks
+from fallback_daemon.engine import webhooks
+from fallback_daemon.ops import advice, opinput, opstats
 from fallback_daemon.web import schemas
 
 JSON = "application/json"

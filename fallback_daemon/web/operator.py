@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from fallback_daemon import advice, errors, operations, opinput, opstats, validation
+from fallback_daemon.core import errors, validation
+from fallback_daemon.ops import advice, operations, opinput, opstats
 from fallback_daemon.web import api, keys, openapi
 
 DEAD_LETTER_PARAMS = ("pending", "limit", "cursor")

@@ -7,7 +7,7 @@ import hmac
 import structlog
 from aiohttp import web
 
-from fallback_daemon import receipts
+from fallback_daemon.core import receipts
 from fallback_daemon.web import keys
 
 log = structlog.get_logger("fallback_daemon.web.receipts")

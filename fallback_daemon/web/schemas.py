@@ -26,7 +26,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from fallback_daemon import advice, model, opinput, opstats, receipts, validation, views, webhooks
+from fallback_daemon.core import model, receipts, validation
+from fallback_daemon.engine import views, webhooks
+from fallback_daemon.ops import advice, opinput, opstats
 
 # ---- shared pieces -----------------------------------------------------------------------------------------
 # Strings whose values are declared where they are enforced (kept as `str`, described as an enum).

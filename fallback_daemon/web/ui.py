@@ -28,7 +28,7 @@ import secrets
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from fallback_daemon import sql
+from fallback_daemon.db import sql
 from fallback_daemon.web import api, keys, tokens
 
 STATIC = pathlib.Path(__file__).resolve().parent / "static"

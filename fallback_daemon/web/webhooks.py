@@ -2,7 +2,7 @@
 
 Creating, deleting, enabling and replaying need a token with the `operate` scope (a subscription receives
 every matching event of every message); listing and the deliveries the `read` scope (web/tokens.py).
-Bodies are the msgspec Structs of fallback_daemon/webhooks.py.
+Bodies are the msgspec Structs of fallback_daemon/engine/webhooks.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from fallback_daemon import errors, opinput, webhooks
+from fallback_daemon.core import errors
+from fallback_daemon.engine import webhooks
+from fallback_daemon.ops import opinput
 from fallback_daemon.web import api, keys, operator
 
 NEW_FIELDS = tuple(webhooks.NewEndpoint.__struct_fields__)

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from fallback_daemon import guards, loops, ports, service, store, validation
+from fallback_daemon.core import ports, validation
+from fallback_daemon.db import store
+from fallback_daemon.engine import guards, loops, service
 
 N, BUDGET = 50, 10
 BODY = {

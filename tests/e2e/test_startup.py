@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from fallback_daemon import app, config, errors
+from fallback_daemon import app, config
+from fallback_daemon.core import errors
 from tests.e2e import procs
 from tests.e2e.test_cli import run_cli
 

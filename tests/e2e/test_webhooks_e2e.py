@@ -20,7 +20,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from fallback_daemon import webhooks
+from fallback_daemon.engine import webhooks
 from tests.e2e import procs
 from tests.e2e import test_end_to_end as e2e
 from tests.e2e import test_sigterm as sigterm

@@ -15,7 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from fallback_daemon import errors, loops, ports, ratelimit, service, store
+from fallback_daemon.core import errors, ports
+from fallback_daemon.db import store
+from fallback_daemon.engine import loops, ratelimit, service
 from tests.fakes import ScriptedChat, ScriptedSms
 from tests.integration.test_service import accept_and_send, make_due, req
 
@@ -327,7 +329,7 @@ async def test_releasing_a_fallback_whose_sms_may_be_out_needs_force(
     svc: service.Service, db: store.Store
 ) -> None:
     """A held sms_unknown fallback is left out of a release (listed as needs_force) and refused by fire."""
-    from fallback_daemon import operations, opinput
+    from fallback_daemon.ops import operations, opinput
 
     mid = await accept_and_send(svc, "F1")
     await make_due(db, mid)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fallback_daemon import health, metrics, policy, service, store
+from fallback_daemon import metrics
+from fallback_daemon.core import policy
+from fallback_daemon.db import store
+from fallback_daemon.engine import health, service
 from tests.integration.test_service import accept_and_send, chat_receipt, make_due
 
 

@@ -11,19 +11,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from fallback_daemon import (
-    errors,
-    guards,
-    loops,
-    metrics,
-    model,
-    operations,
-    opinput,
-    policy,
-    ports,
-    service,
-    store,
-)
+from fallback_daemon import metrics
+from fallback_daemon.core import errors, model, policy, ports
+from fallback_daemon.db import store
+from fallback_daemon.engine import guards, loops, service
+from fallback_daemon.ops import operations, opinput
 from tests.integration.test_service import accept_and_send, chat_receipt, make_due, req
 
 

@@ -11,8 +11,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fallback_daemon import config, guards, service, store
+from fallback_daemon import config
 from fallback_daemon import web as web_
+from fallback_daemon.db import store
+from fallback_daemon.engine import guards, service
 
 TOKEN = "guards-api-token-0123456789"
 
@@ -185,7 +187,8 @@ class TestCli:
         self, svc: service.Service, db: store.Store, tmp_path: Any, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """`opt-out add|import|list|remove` and `budget set|list|unset` against the running routes."""
-        from fallback_daemon import cli, cli_guards
+        from fallback_daemon import cli
+        from fallback_daemon.ops import cli_guards
 
         settings = config.load({"FALLBACK_API_TOKEN": TOKEN})
         stop_list = tmp_path / "stop.csv"

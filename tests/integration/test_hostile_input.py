@@ -25,8 +25,10 @@ import pytest
 import structlog.testing
 from aiohttp import web
 
-from fallback_daemon import app, config, service, store
+from fallback_daemon import app, config
 from fallback_daemon import web as web_
+from fallback_daemon.db import store
+from fallback_daemon.engine import service
 from tests.integration import opsupport
 from tests.integration.opsupport import TOKEN, send, wait_for
 

@@ -29,7 +29,9 @@ import yarl
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fallback_daemon import app, logs, opinput, validation
+from fallback_daemon import app, logs
+from fallback_daemon.core import validation
+from fallback_daemon.ops import opinput
 from tests.integration import opsupport
 from tests.integration.test_hostile_input import AUTH, seed, stored
 

@@ -13,7 +13,10 @@ import uuid
 import prometheus_client
 from prometheus_client import REGISTRY
 
-from fallback_daemon import health, metrics, model, policy, receipts, service, store
+from fallback_daemon import metrics
+from fallback_daemon.core import model, policy, receipts
+from fallback_daemon.db import store
+from fallback_daemon.engine import health, service
 from tests.integration import opsupport
 from tests.integration.test_service import accept_and_send, chat_receipt, make_due
 

@@ -7,7 +7,7 @@ import uuid
 
 import asyncpg
 
-from fallback_daemon import migrate
+from fallback_daemon.db import migrate
 from tests.conftest import with_database
 
 

@@ -18,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fallback_daemon import app, config, consumers, errors, model, policy, ports, service, store, validation
+from fallback_daemon import app, config
+from fallback_daemon.core import errors, model, policy, ports, validation
+from fallback_daemon.db import store
+from fallback_daemon.engine import consumers, service
 from fallback_daemon.providers import dybaseapi, mns
 from fallback_daemon.sandbox import Sandbox, SandboxConfig, serve
 

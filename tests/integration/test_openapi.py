@@ -21,8 +21,12 @@ import msgspec
 import openapi_spec_validator
 import pytest
 
-from fallback_daemon import app, config, model, opstats, service, store, validation
+from fallback_daemon import app, config
 from fallback_daemon import web as web_
+from fallback_daemon.core import model, validation
+from fallback_daemon.db import store
+from fallback_daemon.engine import service
+from fallback_daemon.ops import opstats
 from fallback_daemon.web import openapi, operator, schemas
 from tests.integration import opsupport
 

@@ -26,7 +26,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from fallback_daemon import app, config, model
+from fallback_daemon import app, config
+from fallback_daemon.core import model
 from tests.e2e import procs
 from tests.integration import opsupport
 

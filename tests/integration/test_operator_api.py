@@ -14,7 +14,10 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 
-from fallback_daemon import app, model, service, sql, store, validation
+from fallback_daemon import app
+from fallback_daemon.core import model, validation
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine import service
 from tests.integration import opsupport
 from tests.integration.opsupport import send, wait_for
 

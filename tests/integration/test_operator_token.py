@@ -14,7 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fallback_daemon import config, errors
+from fallback_daemon import config
+from fallback_daemon.core import errors
 from fallback_daemon.web import tokens
 from tests.integration import opsupport
 

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fallback_daemon import errors, sandbox
+from fallback_daemon import sandbox
+from fallback_daemon.core import errors
 from fallback_daemon.providers import acs, alibaba_sms, cams
 from tests.e2e.procs import free_port
 

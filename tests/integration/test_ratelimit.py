@@ -6,7 +6,8 @@ import asyncio
 import itertools
 import time
 
-from fallback_daemon import ratelimit, store
+from fallback_daemon.db import store
+from fallback_daemon.engine import ratelimit
 
 
 async def test_replicas_get_disjoint_slots_paced_at_rate_minus_headroom(db: store.Store) -> None:

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fallback_daemon import errors, ports, sandbox
+from fallback_daemon import sandbox
+from fallback_daemon.core import errors, ports
 from fallback_daemon.providers import acs, alibaba_sms, cams, sms_routing, sns
 
 FOUND, ABSENT, UNKNOWN = ports.LookupResult.FOUND, ports.LookupResult.ABSENT, ports.LookupResult.UNKNOWN

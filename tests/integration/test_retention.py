@@ -8,7 +8,8 @@ import uuid
 
 import asyncpg
 
-from fallback_daemon import retention, store
+from fallback_daemon.db import store
+from fallback_daemon.engine import retention
 
 AGE = datetime.timedelta(days=40)
 

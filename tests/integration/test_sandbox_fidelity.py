@@ -26,7 +26,8 @@ import aiohttp
 import pytest
 import yarl
 
-from fallback_daemon import errors, sandbox
+from fallback_daemon import sandbox
+from fallback_daemon.core import errors
 from fallback_daemon.providers import acs, signing
 
 AK, SK = "sandbox-ak", "sandbox-secret"

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from fallback_daemon import errors, sandbox
+from fallback_daemon import sandbox
+from fallback_daemon.core import errors
 from fallback_daemon.providers import acs, alibaba_sms, cams
 
 # Field names of the SDK models (alibabacloud-python-sdk: ListChatappMessageResponseBodyData,

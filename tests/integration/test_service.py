@@ -11,7 +11,9 @@ import uuid
 
 import pytest
 
-from fallback_daemon import model, policy, receipts, service, store, validation
+from fallback_daemon.core import model, policy, receipts, validation
+from fallback_daemon.db import store
+from fallback_daemon.engine import service
 
 
 def req(to: str = "6591234567", **extra: object) -> model.SendRequest:

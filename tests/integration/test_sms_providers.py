@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fallback_daemon import app, config, errors, sandbox
+from fallback_daemon import app, config, sandbox
+from fallback_daemon.core import errors
 from fallback_daemon.providers import acs, alibaba_sms
 
 TOKEN = "test-api-token-0123456789"

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from moto.moto_api import recorder
 
-from fallback_daemon import app, config, errors
+from fallback_daemon import app, config
+from fallback_daemon.core import errors
 from fallback_daemon.providers import aws, sns
 
 AWS_REGION = "us-east-1"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 
-from fallback_daemon import model, policy, service, store
-from fallback_daemon.model import ChatState as C
-from fallback_daemon.model import FallbackState as F
+from fallback_daemon.core import model, policy
+from fallback_daemon.core.model import ChatState as C
+from fallback_daemon.core.model import FallbackState as F
+from fallback_daemon.db import store
+from fallback_daemon.engine import service
 from tests.integration.test_service import req
 
 STATES = list(itertools.product(C, F, model.Rule))

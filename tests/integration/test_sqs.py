@@ -17,7 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fallback_daemon import app, config, consumers, errors, model, policy, service, store, validation
+from fallback_daemon import app, config
+from fallback_daemon.core import errors, model, policy, validation
+from fallback_daemon.db import store
+from fallback_daemon.engine import consumers, service
 from fallback_daemon.providers import aws, sqs
 from tests.e2e.procs import free_port
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import model, policy, service, store
+from fallback_daemon.core import model, policy
+from fallback_daemon.db import store
+from fallback_daemon.engine import service
 from tests.integration.test_service import req
 from tests.unit.memstore import MemoryStore
 

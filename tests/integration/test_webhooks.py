@@ -20,7 +20,10 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from fallback_daemon import app, errors, model, outcomes, policy, service, store, webhooks
+from fallback_daemon import app
+from fallback_daemon.core import errors, model, policy
+from fallback_daemon.db import store
+from fallback_daemon.engine import outcomes, service, webhooks
 from tests.integration import opsupport
 from tests.integration.test_cli_ops import cli
 from tests.integration.test_service import accept_and_send, make_due, req

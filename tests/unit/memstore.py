@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fallback_daemon import errors, model, policy, ports, service
-from fallback_daemon.model import ChatState as C
-from fallback_daemon.model import FallbackState as F
+from fallback_daemon.core import errors, model, policy, ports
+from fallback_daemon.core.model import ChatState as C
+from fallback_daemon.core.model import FallbackState as F
+from fallback_daemon.engine import service
 
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

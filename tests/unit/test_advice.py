@@ -1,11 +1,11 @@
-"""Duration advice (fallback_daemon/advice.py) on samples whose right answers are worked out by hand below."""
+"""Duration advice (fallback_daemon/ops/advice.py) on samples whose right answers are worked out below."""
 
 from __future__ import annotations
 
 import pytest
 
-from fallback_daemon import advice
-from fallback_daemon.advice import Sample
+from fallback_daemon.ops import advice
+from fallback_daemon.ops.advice import Sample
 
 # Ten WhatsApp messages to Singapore (+65), each sent 1 s after it was accepted. Times are seconds after
 # acceptance. #9 was never delivered. #0-4 had FallBackDuration 600, #5-9 had 60, so #7 (61 s) and #8 (121 s)

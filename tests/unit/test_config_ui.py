@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fallback_daemon import config, errors
+from fallback_daemon import config
+from fallback_daemon.core import errors
 
 
 def test_defaults_are_an_8_hour_session_no_public_url_and_open_metrics() -> None:

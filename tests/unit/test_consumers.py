@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import consumers, errors, model, ports
-from fallback_daemon.ingest import IngestResult
+from fallback_daemon.core import errors, model, ports
+from fallback_daemon.engine import consumers
+from fallback_daemon.engine.ingest import IngestResult
 
 HANG_S = 10.0  # a guard against a hang, never a speed target
 

@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from fallback_daemon import config, errors
+from fallback_daemon import config
+from fallback_daemon.core import errors
 from fallback_daemon.providers import credentials as creds
 
 SECRET = "very-secret-value-0001"

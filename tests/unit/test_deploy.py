@@ -17,8 +17,9 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from fallback_daemon import app, cli, config, metrics, sql
+from fallback_daemon import app, cli, config, metrics
 from fallback_daemon import web as web_
+from fallback_daemon.db import sql
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -437,7 +438,7 @@ def test_dockerfile_runtime_stage() -> None:
 def test_dockerfile_installs_the_package_like_a_user() -> None:
     """The image installs a wheel built from fallback_daemon/ (no editable install, no sql/ copied beside it:
     the SQL is package data) and its runtime stage holds only the virtualenv, not the sources."""
-    assert sql.ROOT.resolve().is_relative_to(pathlib.Path(sql.__file__).resolve().parent)
+    assert sql.ROOT.resolve().is_relative_to(pathlib.Path(sql.__file__).resolve().parents[1])
     builder = next(s for s in dockerfile_stages() if s.name == "builder")
     workdir = pathlib.PurePosixPath(builder.last("WORKDIR"))
     dest = {}

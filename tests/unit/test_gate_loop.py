@@ -10,7 +10,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from fallback_daemon import health, metrics, ports
+from fallback_daemon import metrics
+from fallback_daemon.core import ports
+from fallback_daemon.engine import health
 from tests.unit.memstore import MemoryGate
 
 HANG_S = 10.0  # a guard against a hang, never a speed target

@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from fallback_daemon import config, errorclasses, errors, guards, validation
+from fallback_daemon import config
+from fallback_daemon.core import errorclasses, errors, validation
+from fallback_daemon.engine import guards
 
 UTC = dt.UTC
 SHANGHAI = "Asia/Shanghai"

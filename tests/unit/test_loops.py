@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import loops, ports, service
-from fallback_daemon.model import ChatState as C
-from fallback_daemon.model import FallbackState as F
-from fallback_daemon.model import ReceiptStatus as R
+from fallback_daemon.core import ports
+from fallback_daemon.core.model import ChatState as C
+from fallback_daemon.core.model import FallbackState as F
+from fallback_daemon.core.model import ReceiptStatus as R
+from fallback_daemon.engine import loops, service
 from tests.fakes import ScriptedChat, ScriptedSms
 from tests.unit.memstore import MemoryStore
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import config, errors, model
+from fallback_daemon import config
+from fallback_daemon.core import errors, model
 from fallback_daemon.providers import dybaseapi, mns, signing
 
 REFERENCE_MESSAGES = """<?xml version="1.0" encoding="UTF-8"?>

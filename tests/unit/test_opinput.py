@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from fallback_daemon import errors, opinput
+from fallback_daemon.core import errors
+from fallback_daemon.ops import opinput
 
 
 def test_cursor_round_trips_and_rejects_forgeries() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fallback_daemon import model, policy
-from fallback_daemon.model import ChatState as C
-from fallback_daemon.model import FallbackState as F
-from fallback_daemon.model import ReceiptStatus as R
-from fallback_daemon.model import Rule
+from fallback_daemon.core import model, policy
+from fallback_daemon.core.model import ChatState as C
+from fallback_daemon.core.model import FallbackState as F
+from fallback_daemon.core.model import ReceiptStatus as R
+from fallback_daemon.core.model import Rule
 
 U, SF, UR = Rule.UNDELIVERED, Rule.SENT_FAILED, Rule.UNREAD
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fallback_daemon import loops
+from fallback_daemon.engine import loops
 
 
 async def test_busy_drops_as_soon_as_a_call_releases_its_slot() -> None:

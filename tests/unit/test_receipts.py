@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import errors, model, receipts
+from fallback_daemon.core import errors, model, receipts
 
 # reference/alibaba.md §2.3, verbatim (re-wrapped between JSON tokens).
 DOC_CHAT_PUSH = """[

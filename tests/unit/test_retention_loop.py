@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from fallback_daemon import retention
+from fallback_daemon.engine import retention
 from tests.unit.memstore import MemoryRetention
 
 HANG_S = 10.0  # a guard against a hang, never a speed target

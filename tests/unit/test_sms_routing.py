@@ -8,7 +8,8 @@ from collections.abc import Mapping
 import pytest
 from botocore import exceptions as boto_errors
 
-from fallback_daemon import config, errors, ports
+from fallback_daemon import config
+from fallback_daemon.core import errors, ports
 from fallback_daemon.providers import aws, sms_routing, sns, sqs
 
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from fallback_daemon import migrate, sql
+from fallback_daemon.db import migrate, sql
 
-PACKAGE = pathlib.Path(sql.__file__).parent
+PACKAGE = pathlib.Path(sql.__file__).parents[1]
 
 
 def test_every_used_query_exists() -> None:

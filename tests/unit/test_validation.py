@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fallback_daemon import errors, model, validation
+from fallback_daemon.core import errors, model, validation
 
 
 def wa_text(**extra: Any) -> dict[str, Any]:

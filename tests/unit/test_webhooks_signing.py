@@ -6,7 +6,9 @@ import base64
 
 import pytest
 
-from fallback_daemon import config, errors, webhooks
+from fallback_daemon import config
+from fallback_daemon.core import errors
+from fallback_daemon.engine import webhooks
 
 # The test vector of the Standard Webhooks specification (its reference libraries and Svix's use it too).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -137,7 +139,7 @@ class TestEndpointInput:
 
     def test_every_event_type_is_known_to_the_outbox_trigger(self) -> None:
         """The trigger (migration 0008) emits exactly the names the API accepts in event_types."""
-        from fallback_daemon import sql
+        from fallback_daemon.db import sql
 
         text = (sql.MIGRATIONS / "0008_webhooks.sql").read_text()
         for name in webhooks.EVENT_TYPES:

@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fallback_daemon import guards, model, policy, sql
-from fallback_daemon.model import FallbackState
-from fallback_daemon.outcomes import Outcome, Outcomes, Row, _state
+from fallback_daemon.core import model, policy
+from fallback_daemon.core.model import FallbackState
+from fallback_daemon.db import sql
+from fallback_daemon.engine import guards
+from fallback_daemon.engine.outcomes import Outcome, Outcomes, Row, _state
 
 Q = sql.queries
 

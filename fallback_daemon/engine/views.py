@@ -18,9 +18,9 @@ import asyncpg
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from fallback_daemon import sql
-from fallback_daemon.model import ChatState, FallbackState, Rule
-from fallback_daemon.outcomes import Outcomes, Row
+from fallback_daemon.core.model import ChatState, FallbackState, Rule
+from fallback_daemon.db import sql
+from fallback_daemon.engine.outcomes import Outcomes, Row
 
 Q = sql.queries
 # An aware time (the database's timestamptz), RFC 3339 on the wire.

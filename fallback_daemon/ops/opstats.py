@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from fallback_daemon import sql, store
+from fallback_daemon.db import sql, store
 
 Q = sql.queries
 WINDOW_DEFAULT, WINDOW_MAX = 3600, 7 * 86400

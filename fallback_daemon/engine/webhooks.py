@@ -28,10 +28,12 @@ import msgspec
 import structlog
 import yarl
 
-from fallback_daemon import errors, metrics, sql, store
-from fallback_daemon.loops import backoff, sleep_or_stop
+from fallback_daemon import metrics
+from fallback_daemon.core import errors
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine.loops import backoff, sleep_or_stop
 
-log = structlog.get_logger("fallback_daemon.webhooks")
+log = structlog.get_logger("fallback_daemon.engine.webhooks")
 Q = sql.queries
 Row = Mapping[str, Any] | asyncpg.Record
 CHANNEL = "fallback_webhooks"  # NOTIFY'd by the outbox trigger when it wrote rows

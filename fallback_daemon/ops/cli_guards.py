@@ -16,7 +16,8 @@ from typing import Any
 
 import aiohttp
 
-from fallback_daemon import cli_ops, cli_render, config
+from fallback_daemon import config
+from fallback_daemon.ops import cli_ops, cli_render
 
 OK, REFUSED, USAGE, UNAVAILABLE = cli_ops.OK, cli_ops.REFUSED, cli_ops.USAGE, cli_ops.UNAVAILABLE
 

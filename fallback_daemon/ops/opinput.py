@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fallback_daemon import errors
-from fallback_daemon.model import ChatState, FallbackState
+from fallback_daemon.core import errors
+from fallback_daemon.core.model import ChatState, FallbackState
 
 LIMIT_DEFAULT, LIMIT_MAX = 50, 500
 HELD_LIMIT_DEFAULT, HELD_LIMIT_MAX = 1000, 10000

@@ -14,7 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from fallback_daemon import cli_ops, cli_render, config, webhooks
+from fallback_daemon import config
+from fallback_daemon.engine import webhooks
+from fallback_daemon.ops import cli_ops, cli_render
 
 # API field (as cli_ops.Client names it in an error) -> what the operator typed here.
 FIELD_FLAGS = {

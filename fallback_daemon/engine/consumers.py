@@ -12,11 +12,11 @@ import contextlib
 
 import structlog
 
-from fallback_daemon import errors, model, ports, receipts
-from fallback_daemon.ingest import IngestResult
-from fallback_daemon.loops import backoff, sleep_or_stop
+from fallback_daemon.core import errors, model, ports, receipts
+from fallback_daemon.engine.ingest import IngestResult
+from fallback_daemon.engine.loops import backoff, sleep_or_stop
 
-log = structlog.get_logger("fallback_daemon.consumers")
+log = structlog.get_logger("fallback_daemon.engine.consumers")
 
 
 def parse_batch(

@@ -23,10 +23,13 @@ from typing import Any, Literal
 import msgspec
 import structlog
 
-from fallback_daemon import errors, model, opinput, policy, receipts, service, sql, store, views
-from fallback_daemon.model import ChatState, FallbackState
+from fallback_daemon.core import errors, model, policy, receipts
+from fallback_daemon.core.model import ChatState, FallbackState
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine import service, views
+from fallback_daemon.ops import opinput
 
-log = structlog.get_logger("fallback_daemon.operations")
+log = structlog.get_logger("fallback_daemon.ops.operations")
 Q = sql.queries
 
 

@@ -27,7 +27,7 @@ import contextlib
 import math
 import time
 
-from fallback_daemon import sql, store
+from fallback_daemon.db import sql, store
 
 Q = sql.queries
 SKEW_S = 0.05  # clock differences to the database below this are taken as measurement noise

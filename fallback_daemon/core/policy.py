@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import assert_never
 
-from fallback_daemon import model
-from fallback_daemon.model import ChatState as C
-from fallback_daemon.model import FallbackState as F
-from fallback_daemon.model import ReceiptStatus as R
+from fallback_daemon.core import model
+from fallback_daemon.core.model import ChatState as C
+from fallback_daemon.core.model import FallbackState as F
+from fallback_daemon.core.model import ReceiptStatus as R
 
 # Chat lattice: a state only ever moves to a higher rank. Failure ranks below success so that a late
 # Delivered/Read after a Failed still records the truth, and a Failed never overwrites a success.

@@ -10,10 +10,12 @@ from collections.abc import Sequence
 import asyncpg
 import structlog
 
-from fallback_daemon import errorclasses, metrics, model, policy, ports, sql
-from fallback_daemon.outcomes import Outcome, Outcomes, _state, _unpark
+from fallback_daemon import metrics
+from fallback_daemon.core import errorclasses, model, policy, ports
+from fallback_daemon.db import sql
+from fallback_daemon.engine.outcomes import Outcome, Outcomes, _state, _unpark
 
-log = structlog.get_logger("fallback_daemon.service")
+log = structlog.get_logger("fallback_daemon.engine.service")
 Q = sql.queries
 
 

@@ -19,9 +19,11 @@ from typing import Any
 
 import structlog
 
-from fallback_daemon import errorclasses, metrics, sql, store
+from fallback_daemon import metrics
+from fallback_daemon.core import errorclasses
+from fallback_daemon.db import sql, store
 
-log = structlog.get_logger("fallback_daemon.guards")
+log = structlog.get_logger("fallback_daemon.engine.guards")
 Q = sql.queries
 
 SCOPES = ("global", "prefix", "space")

@@ -37,7 +37,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fallback_daemon import sql, store
+from fallback_daemon.db import sql, store
 
 LATENCY_EDGES: tuple[float, ...] = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400)
 DURATION_EDGES: tuple[int, ...] = (60, 120, 300, 600, 1800, 3600, 43201)  # [60,120) … [3600,43200]

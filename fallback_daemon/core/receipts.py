@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from fallback_daemon import errors, model, validation
+from fallback_daemon.core import errors, model, validation
 
 MAX_REPORTS = 1000
 ID_MAX = 255

@@ -15,10 +15,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from fallback_daemon import model, policy, sql, store
-from fallback_daemon.model import ChatState, FallbackState
+from fallback_daemon.core import model, policy
+from fallback_daemon.core.model import ChatState, FallbackState
+from fallback_daemon.db import sql, store
 
-log = structlog.get_logger("fallback_daemon.service")
+log = structlog.get_logger("fallback_daemon.engine.service")
 Q = sql.queries
 Row = Mapping[str, Any] | asyncpg.Record  # a driver row or a plain mapping (tests, views)
 

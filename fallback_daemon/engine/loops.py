@@ -18,9 +18,11 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from fallback_daemon import errorclasses, errors, metrics, model, policy, ports, service
+from fallback_daemon import metrics
+from fallback_daemon.core import errorclasses, errors, model, policy, ports
+from fallback_daemon.engine import service
 
-log = structlog.get_logger("fallback_daemon.loops")
+log = structlog.get_logger("fallback_daemon.engine.loops")
 
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:

@@ -21,7 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from fallback_daemon import advice, cli_render, config
+from fallback_daemon import config
+from fallback_daemon.ops import advice, cli_render
 
 OK, REFUSED, USAGE, UNAVAILABLE = 0, 1, 2, 3
 PHONE = re.compile(r"\+?[0-9][0-9 ]{7,20}")

@@ -7,9 +7,9 @@ import pathlib
 import asyncpg
 import structlog
 
-from fallback_daemon import sql
+from fallback_daemon.db import sql
 
-log = structlog.get_logger("fallback_daemon.migrate")
+log = structlog.get_logger("fallback_daemon.db.migrate")
 LOCK_KEY = 0x46414C4C  # "FALL": one advisory lock for every replica that migrates at start-up
 
 

@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from fallback_daemon import errors, metrics, policy, ports, sql, store
-from fallback_daemon.loops import wait_any
+from fallback_daemon import metrics
+from fallback_daemon.core import errors, policy, ports
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine.loops import wait_any
 
 if TYPE_CHECKING:
-    from fallback_daemon import service
+    from fallback_daemon.engine import service
 
-log = structlog.get_logger("fallback_daemon.health")
+log = structlog.get_logger("fallback_daemon.engine.health")
 Q = sql.queries
 CHANNELS = ("whatsapp", "viber", "messenger", "instagram", "telegram")
 

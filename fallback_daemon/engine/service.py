@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-from fallback_daemon import ports, store
-from fallback_daemon.accept import NOTIFY_EVERY_S, Accept, Accepted, fill_template
-from fallback_daemon.attempts import Attempts
-from fallback_daemon.ingest import Ingest, IngestResult
-from fallback_daemon.outcomes import Outcome, Q, Row
-from fallback_daemon.views import Views, message_view
+from fallback_daemon.core import ports
+from fallback_daemon.db import store
+from fallback_daemon.engine.accept import NOTIFY_EVERY_S, Accept, Accepted, fill_template
+from fallback_daemon.engine.attempts import Attempts
+from fallback_daemon.engine.ingest import Ingest, IngestResult
+from fallback_daemon.engine.outcomes import Outcome, Q, Row
+from fallback_daemon.engine.views import Views, message_view
 
 __all__ = [
     "NOTIFY_EVERY_S",

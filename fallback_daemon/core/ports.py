@@ -10,10 +10,10 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fallback_daemon import model
+from fallback_daemon.core import model
 
 if TYPE_CHECKING:
-    from fallback_daemon.ingest import IngestResult
+    from fallback_daemon.engine.ingest import IngestResult
 
 
 class LookupResult(enum.StrEnum):

@@ -13,11 +13,12 @@ from typing import Any
 import asyncpg
 import structlog
 
-from fallback_daemon import errors, model, policy, sql, store
-from fallback_daemon.model import ChatState
-from fallback_daemon.outcomes import Outcomes
+from fallback_daemon.core import errors, model, policy
+from fallback_daemon.core.model import ChatState
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine.outcomes import Outcomes
 
-log = structlog.get_logger("fallback_daemon.service")
+log = structlog.get_logger("fallback_daemon.engine.service")
 Q = sql.queries
 NOTIFY_EVERY_S = 0.005  # accepts notify the senders at most this often (plus one trailing NOTIFY)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")

@@ -13,9 +13,10 @@ from typing import Any
 import asyncpg
 import structlog
 
-from fallback_daemon import errors, metrics
+from fallback_daemon import metrics
+from fallback_daemon.core import errors
 
-log = structlog.get_logger("fallback_daemon.store")
+log = structlog.get_logger("fallback_daemon.db.store")
 
 CHANNEL_SEND = "fallback_send"  # new messages to send
 CHANNEL_DUE = "fallback_due"  # a fallback became due now

@@ -12,10 +12,11 @@ import asyncio
 
 import structlog
 
-from fallback_daemon import errors, ports, sql, store
-from fallback_daemon.loops import sleep_or_stop
+from fallback_daemon.core import errors, ports
+from fallback_daemon.db import sql, store
+from fallback_daemon.engine.loops import sleep_or_stop
 
-log = structlog.get_logger("fallback_daemon.retention")
+log = structlog.get_logger("fallback_daemon.engine.retention")
 Q = sql.queries
 PURGES = ("purge_messages", "purge_parked_receipts", "purge_dead_letters")
 

@@ -7,7 +7,7 @@ import pathlib
 
 import structlog
 
-log = structlog.get_logger("fallback_daemon.embedded")
+log = structlog.get_logger("fallback_daemon.db.embedded")
 
 
 def _start(data_dir: pathlib.Path) -> str:

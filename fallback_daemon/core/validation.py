@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fallback_daemon import errors, model
+from fallback_daemon.core import errors, model
 
 CHANNELS = ("whatsapp", "messenger", "instagram", "telegram", "viber")
 _MESSENGER_TYPES = frozenset(

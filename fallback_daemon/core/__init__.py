@@ -1,0 +1,1 @@
+"""The pure core: states, decisions, input rules, receipt parsing, the ports. No I/O, no clock."""
