@@ -76,19 +76,11 @@ def is_guards(args: argparse.Namespace) -> bool:
 
 async def run(args: argparse.Namespace, settings: config.Settings) -> int:
     """Run one guard subcommand; prints the result and returns the exit code."""
-    api_token, op_token, read_token = (
-        t.reveal() for t in (settings.api_token, settings.operator_token, settings.read_token)
-    )
-    reads, acts = op_token or read_token or api_token, op_token or api_token
-    if not (reads or acts):
-        print(
-            "fallback-daemon: FALLBACK_API_TOKEN is not set (nor FALLBACK_OPERATOR/READ_TOKEN)",
-            file=sys.stderr,
-        )
+    target = cli_ops.daemon_target(args, settings)
+    if target is None:
         return USAGE
-    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host  # noqa: S104
-    base = args.url or f"http://{host}:{settings.http_port}"
-    tokens = {"GET": reads, "POST": acts, "PUT": acts, "DELETE": acts}
+    base, tokens = target
+    acts = tokens["POST"]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         try:
             out = await _command(cli_ops.Client(http, base, tokens), args, http, base, acts)

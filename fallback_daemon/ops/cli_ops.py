@@ -231,10 +231,12 @@ class Client:
         raise Failure(code, message)
 
 
-async def run(args: argparse.Namespace, settings: config.Settings) -> int:
-    """Run one operator subcommand; prints the result and returns the exit code."""
-    # Actions take the operator token when one is set (else the API token); reads the operator, else the
-    # read, else the API token (web/tokens.py has the matrix).
+def daemon_target(args: argparse.Namespace, settings: config.Settings) -> tuple[str, dict[str, str]] | None:
+    """The daemon's base URL and the bearer token per HTTP method, shared by every operator subcommand.
+
+    Actions take the operator token when one is set (else the API token); reads the operator, else the read,
+    else the API token (web/tokens.py has the matrix). None (after saying so) when no token is set.
+    """
     api_token, op_token, read_token = (
         t.reveal() for t in (settings.api_token, settings.operator_token, settings.read_token)
     )
@@ -244,13 +246,22 @@ async def run(args: argparse.Namespace, settings: config.Settings) -> int:
             "fallback-daemon: FALLBACK_API_TOKEN is not set (nor FALLBACK_OPERATOR/READ_TOKEN)",
             file=sys.stderr,
         )
-        return USAGE
+        return None
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host  # noqa: S104
     base = args.url or f"http://{host}:{settings.http_port}"
+    return base, {"GET": reads, "POST": acts, "PUT": acts, "DELETE": acts}
+
+
+async def run(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Run one operator subcommand; prints the result and returns the exit code."""
+    target = daemon_target(args, settings)
+    if target is None:
+        return USAGE
+    base, tokens = target
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         try:
-            out = await _command(Client(http, base, {"GET": reads, "POST": acts}), args)
+            out = await _command(Client(http, base, tokens), args)
         except Failure as exc:
             print(f"fallback-daemon: {exc}", file=sys.stderr)
             return exc.code
