@@ -6,6 +6,12 @@ during the window (armed rows seeded with due times spread over it, so the 60 s 
 does not stretch the run). Measured: the send rate the sandbox admitted per second, timer lateness, receipt
 latency (provider Timestamp -> stored), and the CPU of the daemon, the sandbox and Postgres.
 The raw baseline is a plain asyncpg timer loop draining the same number of timers per second on its own.
+
+Scenario 2b, `steady-webhooks` (`python -m bench --only steady steady-webhooks`: both in one run), is the same
+load with one webhook endpoint subscribed to every event type through `POST /v1/webhooks`, delivering to
+bench/webhook_receiver.py (its own process, answers 204). It adds the events delivered per second, the lag
+from state change to recorded 2xx, and the daemon's CPU per message until the events are delivered too;
+its notes quote `steady`'s figures from the same run.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import contextlib
 import math
 import os
 import statistics
+import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
+import psutil
 
 from bench import harness, replicas
 from bench.harness import Q
@@ -27,6 +36,26 @@ from bench.harness import Q
 RATE = 250
 TIMERS_PER_S = 50
 SEEDED_FROM = 90_000_000  # seeded rows' numbers (no clash with the posted ones)
+
+# steady-webhooks: what the outbox holds (created_at is the state change's transaction time, delivered_at when
+# the loop recorded the 2xx: their difference is what fallback_webhook_delivery_lag_seconds observes).
+WEBHOOKS_PENDING = "SELECT count(*) FROM webhook_deliveries WHERE state = 'pending'"
+WEBHOOKS_WINDOW = """
+SELECT count(*) AS deliveries,
+       count(*) FILTER (WHERE state = 'delivered') AS delivered,
+       count(*) FILTER (WHERE created_at BETWEEN to_timestamp($1::float8) AND to_timestamp($2::float8))
+           AS made_in_window,
+       count(*) FILTER (WHERE delivered_at BETWEEN to_timestamp($1::float8) AND to_timestamp($2::float8))
+           AS delivered_in_window,
+       (extract(epoch FROM max(delivered_at)) - $1::float8)::float8 AS last_delivered_after_start_s,
+       coalesce(sum(attempts), 0)::bigint AS attempts
+FROM webhook_deliveries
+"""
+WEBHOOKS_LAG = """
+SELECT extract(epoch FROM delivered_at - created_at)::float8 AS s
+FROM webhook_deliveries WHERE state = 'delivered'
+"""
+WEBHOOKS_BY_TYPE = "SELECT event_type, count(*) AS n FROM webhook_deliveries GROUP BY 1 ORDER BY 2 DESC"
 
 
 async def raw_steady(conn: asyncpg.Connection, n: int, seconds: float) -> list[float]:
@@ -111,20 +140,81 @@ async def start_profiler(pid: int, seconds: float) -> asyncio.subprocess.Process
 
 
 async def run(b: harness.Bench) -> harness.Result:
+    """Scenario 2 as it always ran: no webhook endpoint."""
+    return await measure(b, webhooks=False)
+
+
+async def run_webhooks(b: harness.Bench) -> harness.Result:
+    """Scenario 2b (`--only steady steady-webhooks`): the same load, one endpoint subscribed to everything.
+
+    The endpoint is made through the daemon's API (`POST /v1/webhooks`, no filter: every event type) once the
+    daemon is up, pointing at bench/webhook_receiver.py in its own process (answers 204). The raw baseline is
+    not run again (it has no webhooks to differ by); the figures of `steady` from the same run, when it ran
+    first, are quoted in the notes for the comparison.
+    """
+    return await measure(b, webhooks=True)
+
+
+@contextlib.asynccontextmanager
+async def receiver(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """bench/webhook_receiver.py as its own process on `port`; terminated at exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.webhook_receiver",
+        str(port),
+        cwd=harness.ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"webhook receiver did not start: {line!r}")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def subscribe(d_url: str, hook_url: str) -> int:
+    """POST /v1/webhooks: one endpoint, every event type (the API token has the operate scope here)."""
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {harness.API_TOKEN}"}) as http,
+        http.post(f"{d_url}/v1/webhooks", json={"url": hook_url, "description": "bench steady"}) as resp,
+    ):
+        body = await resp.json()
+        if resp.status != 201:
+            raise RuntimeError(f"POST /v1/webhooks answered {resp.status}: {body}")
+        return int(body["endpoint"]["id"])
+
+
+async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
     seconds = 2.0 if b.quick else 60.0
-    result = harness.Result(scenario="2 steady load")
-    dsn = await b.fresh_db("steady")
+    result = harness.Result(scenario="2b steady load + webhooks" if webhooks else "2 steady load")
+    dsn = await b.fresh_db("steady_webhooks" if webhooks else "steady")
     conn = await asyncpg.connect(dsn)
+    hook: dict[str, Any] = {}
     try:
         await conn.execute(Q["raw_table"])
         raw_s = 1.0 if b.quick else 20.0
-        raw = await raw_steady(conn, int(TIMERS_PER_S * raw_s), raw_s)
+        raw = [] if webhooks else await raw_steady(conn, int(TIMERS_PER_S * raw_s), raw_s)
         await conn.execute(Q["truncate"])
         sb_port, d_port = harness.free_port(), harness.free_port()
         d_url = f"http://127.0.0.1:{d_port}"
         async with contextlib.AsyncExitStack() as stack:
             sb = await stack.enter_async_context(b.sandbox(sb_port, daemon_url=d_url, qps=RATE))
-            daemon = await stack.enter_async_context(b.daemon(dsn, d_port, sb.url, name="daemon-steady"))
+            daemon = await stack.enter_async_context(
+                b.daemon(dsn, d_port, sb.url, name="daemon-steady-webhooks" if webhooks else "daemon-steady")
+            )
+            rcv_url = ""
+            rcv: asyncio.subprocess.Process | None = None
+            if webhooks:
+                rcv_port = harness.free_port()
+                rcv = await stack.enter_async_context(receiver(rcv_port))
+                rcv_url = f"http://127.0.0.1:{rcv_port}"
+                hook["endpoint_id"] = await subscribe(d_url, f"{rcv_url}/hook")
             lead = 3.0
             t_start = time.time() + lead
             await conn.execute(Q["seed_armed"], int(TIMERS_PER_S * seconds), t_start, seconds, SEEDED_FROM)
@@ -134,12 +224,18 @@ async def run(b: harness.Bench) -> harness.Result:
                 "sandbox": harness.CpuMeter([sb.ps]),
                 "postgres": harness.CpuMeter(harness.postgres_processes(b.pg_data)),
             }
+            if rcv is not None:
+                meters["receiver"] = harness.CpuMeter([psutil.Process(rcv.pid)])
             # The daemon's CPU from the first post until the lifecycles it started are done (backlog sent,
             # fallbacks fired by Failed receipts sent): CPU-seconds per message lifecycle.
             lifecycle = harness.CpuMeter([daemon.ps])
             await asyncio.sleep(max(0.0, t_start - time.time()))
-            async with aiohttp.ClientSession() as http, http.post(f"{sb.url}/sandbox/reset") as resp:
-                resp.raise_for_status()
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{sb.url}/sandbox/reset") as resp:
+                    resp.raise_for_status()
+                if rcv_url:
+                    async with http.post(f"{rcv_url}/reset") as resp:
+                        resp.raise_for_status()
             profiler = await start_profiler(daemon.proc.pid, seconds)
             for m in [*meters.values(), lifecycle]:
                 m.start()
@@ -153,10 +249,24 @@ async def run(b: harness.Bench) -> harness.Result:
             async def settled() -> bool:
                 return not await conn.fetchval(Q["count_fallback"], ["firing"])
 
+            async def delivered_all() -> bool:
+                return not await conn.fetchval(WEBHOOKS_PENDING)
+
             backlog_s = await harness.until(drained, "the send backlog to drain", timeout_s=120)
             await harness.until(settled, "the fired fallbacks to be sent", timeout_s=120)
             await asyncio.sleep(1.0)  # the last receipts (0-50 ms delay, 5 ms batching) and their writes
             cpu_s = lifecycle.used_s()
+            if webhooks:
+                # With an endpoint, a lifecycle is done when its events are delivered too: the CPU figure
+                # includes the deliveries still queued when the sends were done (the figure at the point
+                # `steady` stops is kept in the details).
+                hook["cpu_s_lifecycles_only"] = cpu_s
+                hook["drain_after_lifecycles_s"] = await harness.until(
+                    delivered_all, "the webhook deliveries to drain", timeout_s=600
+                )
+                cpu_s = lifecycle.used_s()
+                async with aiohttp.ClientSession() as http, http.get(f"{rcv_url}/stats") as resp:
+                    hook["receiver"] = await resp.json()
             if profiler is not None:
                 await profiler.wait()
             async with aiohttp.ClientSession() as http, http.get(f"{sb.url}/sandbox/rates") as resp:
@@ -164,6 +274,12 @@ async def run(b: harness.Bench) -> harness.Result:
         seeded = [r["s"] for r in await conn.fetch(Q["seeded_lateness"])]
         immediate = [r["ms"] / 1000 for r in await conn.fetch(Q["fired_lateness"], "failed_receipt")]
         receipt = [r["s"] for r in await conn.fetch(Q["receipt_latency"], t_start)]
+        if webhooks:
+            window = await conn.fetchrow(WEBHOOKS_WINDOW, t_start, t_end)
+            assert window is not None  # an aggregate answers one row
+            hook.update(dict(window.items()))
+            hook["lag"] = [r["s"] for r in await conn.fetch(WEBHOOKS_LAG)]
+            hook["by_type"] = {r["event_type"]: r["n"] for r in await conn.fetch(WEBHOOKS_BY_TYPE)}
     finally:
         await conn.close()
     report(
@@ -181,6 +297,7 @@ async def run(b: harness.Bench) -> harness.Result:
         post_errors=post_errors,
         seconds=t_end - t_start,
         backlog_s=backlog_s,
+        hook=hook if webhooks else None,
     )
     return result
 
@@ -201,18 +318,36 @@ def report(
     post_errors: int,
     seconds: float,
     backlog_s: float,
+    hook: dict[str, Any] | None = None,
 ) -> None:
     busy = [s for s, a, _ in rates["per_second"] if a > 0]
     full = replicas.saturated(rates["per_second"], busy[0], busy[-1]) if busy else []
     counts = [a for _, a in full]
     mean = statistics.fmean(counts) if counts else 0.0
-    shared.update(
-        steady_rate=mean,
-        steady_timer_p99=harness.pct(seeded, 99),
-        steady_timer_raw_p99=harness.pct(raw, 99),
-        steady_cpu_ms=1000 * cpu_s / posted if posted else math.nan,
-        steady_throttled=float(rates["throttled"]),
-    )
+    cpu_ms = 1000 * cpu_s / posted if posted else math.nan
+    # `steady` leaves its figures for the DBOS peer and for `steady-webhooks` (which must not overwrite them).
+    base = dict(shared) if hook is not None else {}
+    if hook is None:
+        shared.update(
+            steady_rate=mean,
+            steady_timer_p50=harness.pct(seeded, 50),
+            steady_timer_p99=harness.pct(seeded, 99),
+            steady_timer_raw_p99=harness.pct(raw, 99),
+            steady_cpu_ms=cpu_ms,
+            steady_throttled=float(rates["throttled"]),
+        )
+
+    def without(key: str, unit: str) -> str:
+        """`steady`'s figure from this run, quoted in the webhook variant's notes."""
+        if hook is None:
+            return ""
+        value = base.get(key)
+        if value is None:
+            return "no `steady` figure in this run"
+        if unit == "s":
+            return f"without endpoint (same run): {value * 1000:.1f} ms"
+        return f"without endpoint (same run): {value:.3g} {unit}"
+
     result.details.update(
         {
             "posted": posted,
@@ -236,9 +371,16 @@ def report(
         unit="calls/s",
         daemon=mean,
         raw=float(RATE),
-        note=f"slowest second {min(counts, default=0)}, throttled {rates['throttled']}",
+        note=f"slowest second {min(counts, default=0)}, throttled {rates['throttled']}"
+        + (f"; {without('steady_rate', 'calls/s')}" if hook is not None else ""),
     )
-    result.add(name="timer lateness p50", unit="s", daemon=harness.pct(seeded, 50), raw=harness.pct(raw, 50))
+    result.add(
+        name="timer lateness p50",
+        unit="s",
+        daemon=harness.pct(seeded, 50),
+        raw=harness.pct(raw, 50),
+        note=without("steady_timer_p50", "s"),
+    )
     result.add(
         name="timer lateness p99",
         unit="s",
@@ -246,7 +388,8 @@ def report(
         raw=harness.pct(raw, 99),
         target="<= 50 ms",
         ok=harness.pct(seeded, 99) <= 0.05,
-        note=f"{len(seeded)} timers at {TIMERS_PER_S}/s under load; raw: same rate, nothing else running",
+        note=f"{len(seeded)} timers at {TIMERS_PER_S}/s under load; "
+        + (without("steady_timer_p99", "s") if hook is not None else "raw: same rate, nothing else running"),
     )
     result.add(name="Failed receipt -> fallback fired p99", unit="s", daemon=harness.pct(immediate, 99))
     result.add(
@@ -268,5 +411,51 @@ def report(
         target="<= 1 ms",
         ok=bool(posted) and 1000 * cpu_s / posted <= 1.0,
         note=f"{cpu_s:.1f} CPU-s over {posted} messages, first post -> lifecycles done"
-        f" (includes the {len(seeded)} seeded timers' SMS)",
+        + (" and their webhooks delivered" if hook is not None else "")
+        + f" (includes the {len(seeded)} seeded timers' SMS)"
+        + (f"; {without('steady_cpu_ms', 'ms/msg')}" if hook is not None else ""),
+    )
+    if hook is not None:
+        report_webhooks(result, hook, cpu=cpu, posted=posted, seconds=seconds)
+
+
+def report_webhooks(
+    result: harness.Result, hook: dict[str, Any], *, cpu: dict[str, float], posted: int, seconds: float
+) -> None:
+    """The webhook variant's own rows: how fast the events went out, how late, and the receiver's view."""
+    lag = hook.pop("lag")
+    rcv = hook.get("receiver", {})
+    last = hook["last_delivered_after_start_s"]  # None when nothing was delivered
+    last = math.nan if last is None else last
+    lifecycles_only = hook.get("cpu_s_lifecycles_only", math.nan)
+    result.details["webhooks"] = {
+        **hook,
+        "lag_p50_s": harness.pct(lag, 50),
+        "lag_p99_s": harness.pct(lag, 99),
+        "lag_max_s": max(lag, default=math.nan),
+        "cpu_ms_per_message_at_lifecycles_done": 1000 * lifecycles_only / posted if posted else None,
+        "events_per_message": hook["deliveries"] / posted if posted else None,
+    }
+    result.add(
+        name="webhook events delivered/s (in the posting window)",
+        unit="events/s",
+        daemon=hook["delivered_in_window"] / seconds if seconds > 0 else None,
+        note=f"{hook['made_in_window'] / seconds:.0f}/s made in the window; {hook['deliveries']} in all,"
+        f" {hook['delivered']} delivered, the last {last:.1f} s after the"
+        f" first post ({hook['drain_after_lifecycles_s']:.1f} s after the lifecycles were done);"
+        f" {hook['attempts']} attempts",
+    )
+    result.add(
+        name="webhook lag p50 (state change -> 2xx recorded)",
+        unit="s",
+        daemon=harness.pct(lag, 50),
+    )
+    result.add(
+        name="webhook lag p99 (state change -> 2xx recorded)",
+        unit="s",
+        daemon=harness.pct(lag, 99),
+        note=f"max {max(lag, default=math.nan):.1f} s; at the receiver p99"
+        f" {(rcv.get('lag_p99_s') or math.nan) * 1000:.0f} ms over {rcv.get('received', 0)} requests"
+        f" ({rcv.get('repeats', 0)} repeated ids);"
+        f" receiver CPU {cpu.get('receiver', math.nan):.0f}% of a core",
     )

@@ -18,7 +18,7 @@ from fallback_daemon.engine.loops import sleep_or_stop
 
 log = structlog.get_logger("fallback_daemon.engine.retention")
 Q = sql.queries
-PURGES = ("purge_messages", "purge_parked_receipts", "purge_dead_letters")
+PURGES = ("purge_messages", "purge_parked_receipts", "purge_dead_letters", "purge_budget_usage")
 
 
 class PgRetentionStore:

@@ -48,7 +48,8 @@ async def receipt(
 
 
 async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: store.Store) -> None:
-    """Old finished messages (events, receipts), old parked receipts and old replayed dead letters go."""
+    """Old finished messages (events, receipts), old parked receipts, old replayed dead letters and the SMS
+    budget counters of long-past days go."""
     conn = await asyncpg.connect(db_dsn)
     try:
         done = [await message(conn, "read", "cancelled") for _ in range(5)]
@@ -72,10 +73,20 @@ async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: s
             " ('mns', 'q', 'chatapp', 'y', 'e', now() - $1::interval, NULL)",
             AGE,
         )
+        await conn.execute(  # SMS budget counters: one of a day long past the window, one of today
+            "INSERT INTO sms_budget_usage (scope, key, day, used) VALUES"
+            " ('global', '', current_date - 40, 7), ('global', '', current_date, 3)"
+        )
         purged = await retention.RetentionLoop(
             retention.PgRetentionStore(db), days=30, batch=2, pause_s=0
         ).sweep()
-        assert purged == {"purge_messages": len(done), "purge_parked_receipts": 1, "purge_dead_letters": 1}
+        assert purged == {
+            "purge_messages": len(done),
+            "purge_parked_receipts": 1,
+            "purge_dead_letters": 1,
+            "purge_budget_usage": 1,
+        }
+        assert await conn.fetchval("SELECT used FROM sms_budget_usage") == 3
         left = {r["id"] for r in await conn.fetch("SELECT id FROM messages")}
         assert left == set(keep)
         assert (

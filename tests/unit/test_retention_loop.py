@@ -15,7 +15,8 @@ from tests.unit.memstore import MemoryRetention
 
 HANG_S = 10.0  # a guard against a hang, never a speed target
 DAY = 86_400.0
-M, P, D = retention.PURGES  # purge_messages, purge_parked_receipts, purge_dead_letters
+M, P, D, B = retention.PURGES  # purge_messages, purge_parked_receipts, purge_dead_letters, budget usage
+N = len(retention.PURGES)  # purges per sweep
 
 
 def aged(now_days: float = 40.0) -> MemoryRetention:
@@ -36,8 +37,8 @@ async def test_a_sweep_purges_in_batches_until_less_than_a_batch_is_left() -> No
     store.add(M, 2, finished_at=store.clock.now - 29 * DAY)  # within the 30-day window: kept
     store.add(P, 4, finished_at=0.0)
     purged = await loop(store).sweep()
-    assert purged == {M: 5, P: 4, D: 0}
-    assert store.calls == [(M, 2), (M, 2), (M, 1), (P, 2), (P, 2), (P, 0), (D, 0)]
+    assert purged == {M: 5, P: 4, D: 0, B: 0}
+    assert store.calls == [(M, 2), (M, 2), (M, 1), (P, 2), (P, 2), (P, 0), (D, 0), (B, 0)]
     assert (store.left(M), store.left(P)) == (2, 0)
 
 
@@ -48,7 +49,7 @@ async def test_a_stop_during_a_sweep_ends_it_after_the_current_batch() -> None:
     stop = asyncio.Event()
     store.on_purge = stop.set
     purged = await loop(store).sweep(stop)
-    assert purged == {M: 2, P: 0, D: 0}
+    assert purged == {M: 2, P: 0, D: 0, B: 0}
     assert store.calls == [(M, 2)], "no further batch and no other purge once stop was set"
 
 
@@ -59,26 +60,26 @@ async def test_the_loop_sweeps_again_after_each_interval() -> None:
     stop = asyncio.Event()
 
     def between_sweeps() -> None:
-        if len(store.calls) == 3:  # the first sweep's last purge: age one more row past the window
+        if len(store.calls) == N:  # the first sweep's last purge: age one more row past the window
             store.add(D, 1, finished_at=0.0)
-        if len(store.calls) == 6:
+        if len(store.calls) == 2 * N:
             stop.set()
 
     store.on_purge = between_sweeps
     await asyncio.wait_for(loop(store, interval_s=0.0).run(stop), HANG_S)
-    assert store.calls == [(M, 1), (P, 0), (D, 0), (M, 0), (P, 0), (D, 1)]
+    assert store.calls == [(M, 1), (P, 0), (D, 0), (B, 0), (M, 0), (P, 0), (D, 1), (B, 0)]
 
 
 async def test_the_loop_stops_during_its_pause_between_sweeps() -> None:
     store = aged()
     first_sweep = asyncio.Event()
-    store.on_purge = lambda: first_sweep.set() if len(store.calls) == 3 else None
+    store.on_purge = lambda: first_sweep.set() if len(store.calls) == N else None
     stop = asyncio.Event()
     task = asyncio.create_task(loop(store, interval_s=3600.0).run(stop))
     await asyncio.wait_for(first_sweep.wait(), HANG_S)
     stop.set()
     await asyncio.wait_for(task, HANG_S)  # a bound against hanging only: the pause is an hour
-    assert len(store.calls) == 3
+    assert len(store.calls) == N
 
 
 async def test_the_loop_rides_out_store_errors() -> None:

@@ -47,3 +47,16 @@ WITH old AS (
 )
 DELETE FROM dead_letters WHERE id = ANY(ARRAY(SELECT id FROM old))
 RETURNING id;
+
+-- name: purge_budget_usage --
+-- $1 retention window seconds float8, $2 batch int. SMS budget counters of days that ended longer ago than the
+-- window (guards.sql counts today's day only; one row per budget per day would otherwise grow for ever).
+WITH old AS (
+    SELECT scope, key, day FROM sms_budget_usage
+    WHERE day < (now() - $1::float8 * interval '1 second')::date - 1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM sms_budget_usage u USING old
+WHERE (u.scope, u.key, u.day) = (old.scope, old.key, old.day)
+RETURNING u.day;
