@@ -180,6 +180,33 @@ def check_can_run(settings: config.Settings, *, use_sandbox: bool) -> None:
             raise errors.ConfigError("FALLBACK_SANDBOX_TIMER_SCALE", "only allowed with --sandbox or demo")
 
 
+# `run --role`: which loops a process runs (docs/scaling.md "Roles"). Every role serves HTTP (health,
+# metrics, the API); a loop runs in a process when one of its roles is asked for. The feed gate runs wherever
+# receipts are ingested (its feed clock is this process's), LISTEN wherever anything is woken by it.
+ROLES = ("all", "api", "senders", "timers", "workers")
+LOOP_ROLES = {
+    "sender": {"senders"},
+    "timer": {"timers"},
+    "recovery": {"timers"},
+    "feed-gate": {"api", "workers"},
+    "retention": {"workers"},
+    "webhooks": {"workers"},
+    "consumer-": {"workers"},  # every queue consumer (consumer-<queue>)
+}
+
+
+def loops_for(roles: frozenset[str], names: list[str]) -> list[str]:
+    """The loop names (of `supervised_loops`) a process with these roles runs; LISTEN always."""
+    if "all" in roles:
+        return names
+    wanted = []
+    for name in names:
+        key = "consumer-" if name.startswith("consumer-") else name
+        if name == "listen" or LOOP_ROLES.get(key, set()) & roles:
+            wanted.append(name)
+    return wanted
+
+
 async def serve(
     settings: config.Settings,
     *,
@@ -188,8 +215,9 @@ async def serve(
     started: asyncio.Future[Running] | None = None,
     stop: asyncio.Event | None = None,
     sandbox_config: object | None = None,
+    roles: frozenset[str] = frozenset({"all"}),
 ) -> None:
-    """Run the daemon until `stop` is set (SIGTERM/SIGINT set it)."""
+    """Run the daemon until `stop` is set (SIGTERM/SIGINT set it); `roles` picks the loops (ROLES)."""
     check_can_run(settings, use_sandbox=use_sandbox)
     stop = stop or asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
@@ -366,6 +394,8 @@ async def serve(
             gate=gate,
             queue_consumers=queue_consumers,
         )
+        runs = {name: runs[name] for name in loops_for(roles, list(runs))}
+        log.info("daemon_roles", roles=sorted(roles), loops=sorted(runs))
         async with asyncio.TaskGroup() as tg:
             for name, run in runs.items():
                 tg.create_task(loops.supervise(name, stop, run), name=name)

@@ -18,6 +18,17 @@ from fallback_daemon.ops import cli_guards, cli_ops, cli_webhooks
 log = structlog.get_logger("fallback_daemon.cli")
 
 
+def roles_arg(raw: str) -> frozenset[str]:
+    """`--role api,workers` -> {"api", "workers"}; an unknown role is a usage error (exit 2)."""
+    roles = frozenset(r.strip() for r in raw.split(",") if r.strip())
+    unknown = sorted(roles - set(app.ROLES))
+    if not roles or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown role {', '.join(unknown) or '(none)'}: choose from {', '.join(app.ROLES)}"
+        )
+    return roles
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fallback-daemon",
@@ -35,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sandbox", action="store_true", help="start the built-in Alibaba sandbox in-process")
     run.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
     run.add_argument("--embedded-db", action="store_true", help=embedded_help)
+    run.add_argument(
+        "--role",
+        type=roles_arg,
+        default=frozenset({"all"}),
+        help="which loops this process runs, comma-separated: all (default), api, senders, timers, workers "
+        "(every role serves HTTP; see docs/scaling.md)",
+    )
     sb = sub.add_parser("sandbox", help="run the Alibaba sandbox alone (CAMS, SMS) for a daemon to talk to")
     sb.add_argument("--host", default="127.0.0.1")
     sb.add_argument("--port", type=int, default=9100)
@@ -130,7 +148,9 @@ async def _dispatch(args: argparse.Namespace, settings: config.Settings) -> int:
         return 0
     if args.command == "run":
         require_database(settings, args)
-        await app.serve(settings, use_sandbox=args.sandbox, run_migrations=not args.no_migrate)
+        await app.serve(
+            settings, use_sandbox=args.sandbox, run_migrations=not args.no_migrate, roles=args.role
+        )
         return 0
     if args.command == "sandbox":
         from fallback_daemon import sandbox

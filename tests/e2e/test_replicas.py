@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e import procs
 from tests.e2e.test_end_to_end import API_TOKEN, OUTCOME, RECEIPT_TOKEN, RULES, body, eventually, expected
@@ -25,7 +27,18 @@ CAP = 100  # calls/s: the sandbox's QPS and the daemons' FALLBACK_SEND_RATE
 HEADROOM = 10
 
 
-async def test_three_replicas_fall_back_exactly_once_within_the_cap(db_dsn: str) -> None:
+@pytest.mark.parametrize(
+    "roles",
+    [
+        pytest.param(("all", "all", "all"), id="three-full-replicas"),
+        # `run --role`: the API (and receipts) in one process, sends in another, timers and the rest in a
+        # third, sharing only the database: the same outcomes, exactly once, within the cap.
+        pytest.param(("api", "senders", "timers,workers"), id="split-by-role"),
+    ],
+)
+async def test_three_replicas_fall_back_exactly_once_within_the_cap(
+    db_dsn: str, roles: tuple[str, ...]
+) -> None:
     """Three replicas share cap and timers: right fallbacks, once each, no throttling, no second over cap."""
     sb_port = procs.free_port()
     ports = [procs.free_port() for _ in range(REPLICAS)]
@@ -69,9 +82,9 @@ async def test_three_replicas_fall_back_exactly_once_within_the_cap(db_dsn: str)
 
     async with (
         procs.process("replicas-sandbox", sandbox_args, procs.clean_env({})) as sb,
-        procs.process("replica-1", ["run"], env(ports[0])) as d1,
-        procs.process("replica-2", ["run"], env(ports[1])) as d2,
-        procs.process("replica-3", ["run"], env(ports[2])) as d3,
+        procs.process("replica-1", ["run", "--role", roles[0]], env(ports[0])) as d1,
+        procs.process("replica-2", ["run", "--role", roles[1]], env(ports[1])) as d2,
+        procs.process("replica-3", ["run", "--role", roles[2]], env(ports[2])) as d3,
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_TOKEN}"}) as http,
     ):
         await procs.wait_http(f"{sb_url}/sandbox/stats", sb)
@@ -82,8 +95,26 @@ async def test_three_replicas_fall_back_exactly_once_within_the_cap(db_dsn: str)
             ids = await submit(http, urls)
             await settle(conn, http, sb_url, ids)
             await check(conn, http, sb_url, ids)
+            work = [await counted(http, url) for url in urls]  # (chat sends, fallbacks fired) per process
+            if roles == ("api", "senders", "timers,workers"):
+                assert [w[0] > 0 for w in work] == [False, True, False], work  # only the senders send
+                assert [w[1] > 0 for w in work] == [False, False, True], work  # only the timers fire
+            else:
+                assert all(w[0] > 0 for w in work), work  # full replicas all share the sending
         finally:
             await conn.close()
+
+
+async def counted(http: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """A process's own count of SendChatappMessage calls and of fallbacks it fired (its /metrics)."""
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    totals = {"fallback_sends_total": 0.0, "fallback_fired_total": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["fallback_sends_total"], totals["fallback_fired_total"]
 
 
 async def submit(http: aiohttp.ClientSession, urls: list[str]) -> dict[str, int]:
