@@ -244,7 +244,9 @@ async def test_token_refresh_before_and_after_expiry(
 ) -> None:
     """Short-lived tokens are replaced before they expire (no refusal); a token revoked early is refused once,
     replaced, and the request retried without the consumer noticing."""
-    async with await serve(sandbox_config(mns_token_ttl_s=3)) as sb:
+    # A long visibility timeout: a stall of the machine between receive and delete must not redeliver a report
+    # (this test is about tokens, and a redelivery would show up as a second, duplicate batch).
+    async with await serve(sandbox_config(mns_token_ttl_s=3, mns_visibility_timeout_s=60)) as sb:
         queue, creds = alicom_queue(sb, session)
         consumer = consumers.QueueConsumer(queue, svc, pollers=1, wait_s=1)
         deadline = time.monotonic() + 6.5
