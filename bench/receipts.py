@@ -86,8 +86,7 @@ async def raw_batch(pool: asyncpg.Pool, batch: list[dict[str, Any]]) -> None:
     """The daemon's database work for one push, as plain statements in one transaction."""
     async with pool.acquire() as conn, conn.transaction():
         pids = [r["MessageId"] for r in batch]
-        await conn.execute(CORE["lock_provider_ids"], pids)
-        new = await conn.fetch(
+        new = await conn.fetch(  # takes the provider-id advisory locks first, as the daemon's does
             CORE["insert_receipts"],
             "chatapp",
             "raw",
@@ -95,14 +94,15 @@ async def raw_batch(pool: asyncpg.Pool, batch: list[dict[str, Any]]) -> None:
             [r["Status"] for r in batch],
             [r["TaskId"] for r in batch],
             [json.dumps(r) for r in batch],
+            True,
         )
         ids = [uuid.UUID(r["task_id"]) for r in new]
-        rows = await conn.fetch(CORE["lock_messages"], ids, [])
+        rows = await conn.fetch(CORE["lock_messages"], ids, [], None)
         status = "read" if batch[0]["Status"] == "Read" else "delivered"
         mids = [r["id"] for r in rows]
         n = len(mids)
-        await conn.execute(
-            CORE["update_messages"],
+        await conn.execute(  # messages, events and receipts applied: one statement, as the daemon writes them
+            CORE["write_outcomes"],
             mids,
             [status] * n,
             ["cancelled"] * n,
@@ -113,14 +113,13 @@ async def raw_batch(pool: asyncpg.Pool, batch: list[dict[str, Any]]) -> None:
             [None] * n,
             [None] * n,
             60.0,
-        )
-        await conn.execute(
-            CORE["insert_events"],
             mids,
             ["chat_receipt"] * n,
             [json.dumps({"status": batch[0]["Status"]})] * n,
+            [r["id"] for r in new],
+            mids,
+            None,
         )
-        await conn.execute(CORE["mark_receipts_applied"], [r["id"] for r in new], mids)
 
 
 async def raw_all(dsn: str, payloads: list[bytes]) -> tuple[float, list[float]]:

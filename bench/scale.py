@@ -30,7 +30,7 @@ PLANS = {  # query -> sample arguments
     "claim_due_fallbacks": (500, "UTC"),  # $2: the budget time zone (guards.GuardStore.claim_due)
     "next_due_in": (),
     "claim_sends": (64, 60.0),
-    "lock_messages": ("ids", []),
+    "lock_messages": ("ids", [], None),
 }
 
 

@@ -87,7 +87,7 @@ class Attempts(Outcomes):
             stale = await conn.fetch(Q["stale_sends"], limit)
             if not stale:
                 return 0, 0
-            rows = await conn.fetch(Q["lock_messages"], sorted(r["id"] for r in stale), [])
+            rows = await conn.fetch(Q["lock_messages"], sorted(r["id"] for r in stale), [], None)
             states = {r["id"]: _state(r) for r in rows}
             outcomes = [
                 Outcome(
@@ -129,7 +129,7 @@ class Attempts(Outcomes):
     ) -> model.FallbackSms | None:
         """Undecidable in-flight SMS: park it (at most once) or re-lease it for one more (at least once)."""
         async with self.db.transaction() as conn:
-            rows = await conn.fetch(Q["lock_messages"], [message_id], [])
+            rows = await conn.fetch(Q["lock_messages"], [message_id], [], None)
             states = {r["id"]: _state(r) for r in rows}
             outcome = Outcome(
                 message_id=message_id,

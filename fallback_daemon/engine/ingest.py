@@ -57,7 +57,7 @@ class Ingest(Outcomes):
         """ingest_chat inside the caller's transaction."""
         result = IngestResult(received=len(receipts))
         by_key = {(r.message_id, _status_key(r)): r for r in receipts}
-        await conn.execute(Q["lock_provider_ids"], sorted({r.message_id for r in receipts}))
+        # The provider-id advisory locks (docs/architecture.md) are taken by the insert, before its first row.
         new = await conn.fetch(
             Q["insert_receipts"],
             model.ReceiptKind.CHATAPP.value,
@@ -66,13 +66,14 @@ class Ingest(Outcomes):
             [k[1] for k in by_key],
             [r.task_id for r in by_key.values()],
             [dict(r.raw) for r in by_key.values()],
+            True,
         )
         result.duplicates = len(receipts) - len(new)
         if not new:
             self._count_receipts(model.ReceiptKind.CHATAPP, source, result, receipts)
             return result
         task_ids = [u for r in new if (u := _uuid(r["task_id"])) is not None]
-        rows = await conn.fetch(Q["lock_messages"], task_ids, [r["provider_id"] for r in new])
+        rows = await conn.fetch(Q["lock_messages"], task_ids, [r["provider_id"] for r in new], None)
         states = {r["id"]: _state(r) for r in rows}
         rows_by_id = {r["id"]: r for r in rows}
         by_pid = {r["provider_message_id"]: r["id"] for r in rows if r["provider_message_id"]}
@@ -112,9 +113,7 @@ class Ingest(Outcomes):
         applied_ids.extend(parked_ids)
         applied_mids.extend(parked_mids)
         result.parked = len({r["id"] for r in new} - set(applied_ids))
-        decisions = await self._write(conn, states, outcomes)
-        if applied_ids:
-            await conn.execute(Q["mark_receipts_applied"], applied_ids, applied_mids)
+        decisions = await self._write(conn, states, outcomes, (applied_ids, applied_mids))
         result.applied = len(applied_ids)
         result.fired = sum(1 for d in decisions if d.fire_reason)
         result.double_delivered = sum(1 for d in decisions if d.double_delivered)
@@ -143,10 +142,11 @@ class Ingest(Outcomes):
             [k[1] for k in by_key],
             [r.fallback_id for r in by_key.values()],
             [dict(r.raw) for r in by_key.values()],
+            False,
         )
         result.duplicates = len(receipts) - len(new)
         ids = [u for r in new if (u := _uuid(r["task_id"])) is not None]
-        rows = await conn.fetch(Q["lock_messages"], ids, []) if ids else []
+        rows = await conn.fetch(Q["lock_messages"], ids, [], None) if ids else []
         states = {r["id"]: _state(r) for r in rows}
         outcomes = []
         applied_ids: list[int] = []
@@ -175,9 +175,7 @@ class Ingest(Outcomes):
             )
             applied_ids.append(rec["id"])
             applied_mids.append(mid)
-        decisions = await self._write(conn, states, outcomes)
-        if applied_ids:
-            await conn.execute(Q["mark_receipts_applied"], applied_ids, applied_mids)
+        decisions = await self._write(conn, states, outcomes, (applied_ids, applied_mids))
         result.applied = len(applied_ids)
         self._count_receipts(model.ReceiptKind.SMS, source, result, sms=receipts, decisions=decisions)
         return result

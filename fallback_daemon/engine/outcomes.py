@@ -62,10 +62,9 @@ class Outcomes:
             return []
         async with self.db.transaction() as conn:
             pids = sorted({o.provider_message_id for o in outcomes if o.provider_message_id})
-            if pids:
-                await conn.execute(Q["lock_provider_ids"], pids)
             ids = sorted({o.message_id for o in outcomes})
-            rows = await conn.fetch(Q["lock_messages"], ids, [])
+            # The provider-id advisory locks (docs/architecture.md) first, then the rows: one statement.
+            rows = await conn.fetch(Q["lock_messages"], ids, [], pids)
             states = {r["id"]: _state(r) for r in rows}
             known = {r["id"]: r["provider_message_id"] for r in rows}
             # Receipts that beat the send response and could not be matched by TaskId wait here.
@@ -75,15 +74,21 @@ class Outcomes:
                 if o.provider_message_id and known.get(o.message_id) is None
             }
             extra, parked_ids, parked_mids = await _unpark(conn, new_pids, set())
-            decisions = await self._write(conn, states, [*outcomes, *extra])
-            if parked_ids:
-                await conn.execute(Q["mark_receipts_applied"], parked_ids, parked_mids)
+            decisions = await self._write(conn, states, [*outcomes, *extra], (parked_ids, parked_mids))
         return decisions
 
     async def _write(
-        self, conn: asyncpg.Connection, states: dict[uuid.UUID, policy.State], outcomes: Iterable[Outcome]
+        self,
+        conn: asyncpg.Connection,
+        states: dict[uuid.UUID, policy.State],
+        outcomes: Iterable[Outcome],
+        applied: tuple[Sequence[int], Sequence[uuid.UUID]] = ((), ()),
     ) -> list[policy.Decision]:
-        """Decide each outcome in order against the evolving state, then write rows and events in batch."""
+        """Decide each outcome in order against the evolving state, then write it all in one statement.
+
+        Args:
+            applied: (receipt ids, their message ids) to mark applied in the same statement.
+        """
         final: dict[uuid.UUID, dict[str, Any]] = {}
         ev_ids: list[uuid.UUID] = []
         ev_kinds: list[str] = []
@@ -121,10 +126,12 @@ class Outcomes:
             ev_kinds.append(_event_name(o.event))
             ev_details.append(detail)
             log.info("decision", message_id=str(o.message_id), kind=ev_kinds[-1], **detail)
-        if final:
+        if final or applied[0] or notify:
+            # One round trip for the messages, their events, the receipts applied and the NOTIFY: statements
+            # per lifecycle are what the daemon's CPU goes to (docs/performance.md, "Session 4").
             mids = list(final)
             await conn.execute(
-                Q["update_messages"],
+                Q["write_outcomes"],
                 mids,
                 [states[m].chat.value for m in mids],
                 [states[m].fallback.value for m in mids],
@@ -135,10 +142,13 @@ class Outcomes:
                 [final[m]["hold"] for m in mids],
                 [final[m]["spid"] for m in mids],
                 self.reconcile_delay_s,
+                ev_ids,
+                ev_kinds,
+                ev_details,
+                list(applied[0]),
+                list(applied[1]),
+                store.CHANNEL_DUE if notify else None,
             )
-            await conn.execute(Q["insert_events"], ev_ids, ev_kinds, ev_details)
-        if notify:
-            await conn.execute("SELECT pg_notify($1, '')", store.CHANNEL_DUE)
         return decisions
 
 

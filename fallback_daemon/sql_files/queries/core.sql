@@ -93,46 +93,68 @@ WHERE chat_state = 'sending' AND send_lease_until < now()
 ORDER BY send_lease_until LIMIT $1 FOR UPDATE SKIP LOCKED;
 
 -- name: lock_messages --
--- $1 ids uuid[], $2 provider message ids text[]. Locks in id order so concurrent batches cannot deadlock.
+-- $1 ids uuid[], $2 provider message ids text[], $3 provider ids to take the provider-id advisory locks on
+-- first (NULL or empty: none; a send result recording its MessageId passes it). Locks in id order so
+-- concurrent batches cannot deadlock. The advisory locks are an InitPlan, taken before any row is locked.
+WITH locks AS (
+    SELECT count(pg_advisory_xact_lock(h)) AS n
+    FROM (SELECT DISTINCT hashtextextended(p, 0) AS h FROM unnest(coalesce($3::text[], '{}')) AS p ORDER BY 1) AS s
+)
 SELECT id, chat_state, fallback_state, fallback_rule, double_delivered, provider_message_id, channel
 FROM messages
-WHERE id = ANY($1::uuid[]) OR provider_message_id = ANY($2::text[])
+WHERE (id = ANY($1::uuid[]) OR provider_message_id = ANY($2::text[])) AND (SELECT n FROM locks) IS NOT NULL
 ORDER BY id
-FOR UPDATE;
+FOR UPDATE OF messages;
 
--- name: update_messages --
--- $1 id uuid[], $2 chat text[], $3 fallback text[], $4 fire_reason text[] (NULL: no change),
--- $5 double_delivered bool[], $6 provider_message_id text[] (NULL: no change), $7 error text[], $8 hold_reason text[],
--- $9 sms_provider_id text[] (NULL: no change), $10 reconcile delay seconds float8 (first lookup of an
--- ambiguous send, counted from the moment its request was written)
-UPDATE messages m
-SET chat_state = u.chat,
-    fallback_state = u.fallback,
-    due_at = CASE WHEN u.fire IS NOT NULL THEN now()
-                  WHEN u.fallback <> 'armed' THEN NULL
-                  ELSE m.due_at END,
-    fire_reason = coalesce(u.fire, m.fire_reason),
-    -- cancelled = no SMS ever went out (SmsNotNeeded after a success during the retries): not a double delivery
-    double_delivered = CASE WHEN u.fallback = 'cancelled' THEN false ELSE m.double_delivered OR u.dbl END,
-    provider_message_id = coalesce(u.pid, m.provider_message_id),
-    sms_provider_id = coalesce(u.spid, m.sms_provider_id),
-    sent_at = CASE WHEN u.pid IS NOT NULL THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
-    last_error = coalesce(u.err, m.last_error),
-    hold_reason = CASE WHEN u.fallback = 'held' THEN coalesce(u.hold, m.hold_reason) ELSE NULL END,
-    send_lease_until = CASE WHEN u.chat = 'sending' THEN m.send_lease_until ELSE NULL END,
-    send_started_at = CASE WHEN u.chat IN ('sending', 'unknown') THEN m.send_started_at ELSE NULL END,
-    reconcile_at = CASE WHEN u.chat <> 'unknown' THEN NULL
-                        WHEN m.chat_state <> 'unknown'
-                            THEN coalesce(m.send_started_at, now()) + $10::float8 * interval '1 second'
-                        ELSE m.reconcile_at END,
-    reconcile_attempts = CASE WHEN u.chat = 'unknown' THEN m.reconcile_attempts ELSE 0 END,
-    fire_lease_until = CASE WHEN u.fallback = 'firing' THEN m.fire_lease_until ELSE NULL END,
-    sms_started_at = CASE WHEN u.fallback = 'firing' THEN m.sms_started_at ELSE NULL END,
-    updated_at = now()
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[],
-            $9::text[])
-     AS u(id, chat, fallback, fire, dbl, pid, err, hold, spid)
-WHERE m.id = u.id;
+-- name: write_outcomes --
+-- The write half of `Outcomes._write` in one statement (one round trip): update_messages' $1-$10, then
+-- $11 event message_id uuid[], $12 kind text[], $13 detail jsonb[] (insert_events), $14 receipt id bigint[],
+-- $15 its message id uuid[] (mark_receipts_applied), $16 notify channel text (NULL: no NOTIFY).
+-- The three writes touch different tables, so that they cannot see one another's effects in one statement
+-- does not matter; the AFTER triggers on message_events (webhooks outbox, opt-outs) fire at the end of the
+-- statement and see the updated messages rows, as they did when these were three statements.
+WITH upd AS (
+    UPDATE messages m
+    SET chat_state = u.chat,
+        fallback_state = u.fallback,
+        due_at = CASE WHEN u.fire IS NOT NULL THEN now()
+                      WHEN u.fallback <> 'armed' THEN NULL
+                      ELSE m.due_at END,
+        fire_reason = coalesce(u.fire, m.fire_reason),
+        double_delivered = CASE WHEN u.fallback = 'cancelled' THEN false ELSE m.double_delivered OR u.dbl END,
+        provider_message_id = coalesce(u.pid, m.provider_message_id),
+        sms_provider_id = coalesce(u.spid, m.sms_provider_id),
+        sent_at = CASE WHEN u.pid IS NOT NULL THEN coalesce(m.sent_at, now()) ELSE m.sent_at END,
+        last_error = coalesce(u.err, m.last_error),
+        hold_reason = CASE WHEN u.fallback = 'held' THEN coalesce(u.hold, m.hold_reason) ELSE NULL END,
+        send_lease_until = CASE WHEN u.chat = 'sending' THEN m.send_lease_until ELSE NULL END,
+        send_started_at = CASE WHEN u.chat IN ('sending', 'unknown') THEN m.send_started_at ELSE NULL END,
+        reconcile_at = CASE WHEN u.chat <> 'unknown' THEN NULL
+                            WHEN m.chat_state <> 'unknown'
+                                THEN coalesce(m.send_started_at, now()) + $10::float8 * interval '1 second'
+                            ELSE m.reconcile_at END,
+        reconcile_attempts = CASE WHEN u.chat = 'unknown' THEN m.reconcile_attempts ELSE 0 END,
+        fire_lease_until = CASE WHEN u.fallback = 'firing' THEN m.fire_lease_until ELSE NULL END,
+        sms_started_at = CASE WHEN u.fallback = 'firing' THEN m.sms_started_at ELSE NULL END,
+        updated_at = now()
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::text[], $8::text[],
+                $9::text[])
+         AS u(id, chat, fallback, fire, dbl, pid, err, hold, spid)
+    WHERE m.id = u.id
+    RETURNING m.id
+), ev AS (
+    INSERT INTO message_events (message_id, kind, detail)
+    SELECT * FROM unnest($11::uuid[], $12::text[], $13::jsonb[])
+    RETURNING id
+), applied AS (
+    UPDATE receipts r SET message_id = x.mid, applied_at = now()
+    FROM unnest($14::bigint[], $15::uuid[]) AS x(id, mid)
+    WHERE r.id = x.id
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM upd)::int AS updated, (SELECT count(*) FROM ev)::int AS events,
+       (SELECT count(*) FROM applied)::int AS applied,
+       (SELECT pg_notify($16::text, '') WHERE $16::text IS NOT NULL) AS notified;
 
 -- name: insert_events --
 -- $1 message_id uuid[], $2 kind text[], $3 detail jsonb[]
@@ -140,19 +162,20 @@ INSERT INTO message_events (message_id, kind, detail)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[]);
 
 -- name: insert_receipts --
--- $1 kind text, $2 source text, $3 provider_id text[], $4 status text[], $5 task_id text[], $6 raw jsonb[]
+-- $1 kind text, $2 source text, $3 provider_id text[], $4 status text[], $5 task_id text[], $6 raw jsonb[],
+-- $7 lock bool: take the provider-id advisory locks on $3 first (chat receipts; an InitPlan, so they are
+-- held before the first row is inserted: one round trip instead of two).
 -- Returns only the receipts not seen before (the dedupe key is (kind, provider_id, status)).
+WITH locks AS (
+    SELECT count(pg_advisory_xact_lock(h)) AS n
+    FROM (SELECT DISTINCT hashtextextended(p, 0) AS h FROM unnest($3::text[]) AS p WHERE $7::bool ORDER BY 1) AS s
+)
 INSERT INTO receipts (kind, source, provider_id, status, task_id, raw)
 SELECT $1, $2, p, s, t, r FROM unnest($3::text[], $4::text[], $5::text[], $6::jsonb[]) AS u(p, s, t, r)
+WHERE (SELECT n FROM locks) IS NOT NULL
 ORDER BY p, s
 ON CONFLICT ON CONSTRAINT receipts_dedupe DO NOTHING
 RETURNING id, provider_id, status, task_id;
-
--- name: mark_receipts_applied --
--- $1 receipt id bigint[], $2 message id uuid[]
-UPDATE receipts r SET message_id = u.mid, applied_at = now()
-FROM unnest($1::bigint[], $2::uuid[]) AS u(id, mid)
-WHERE r.id = u.id;
 
 -- name: lock_parked_receipts --
 -- $1 provider message ids text[]. Receipts that arrived before we knew which message they belong to.
@@ -334,13 +357,6 @@ FROM messages GROUP BY chat_state, fallback_state;
 
 -- name: ping --
 SELECT 1;
-
--- name: lock_provider_ids --
--- $1 provider message ids text[]. Serialises "receipt arrives" with "MessageId recorded" per provider id, so a
--- receipt without TaskId cannot be parked by one transaction while the other looks for parked receipts.
--- Taken in hash order at the start of both transactions, so they cannot deadlock.
-SELECT count(pg_advisory_xact_lock(h))
-FROM (SELECT DISTINCT hashtextextended(p, 0) AS h FROM unnest($1::text[]) AS p ORDER BY 1) AS s;
 
 -- name: flush_feed_health --
 -- $1 channel text[], $2 last receipt unix time float8[]. Every replica flushes what it saw every few seconds.
