@@ -4,8 +4,10 @@
    500), a receipt push (100 ChatApp reports), and the jsonb parameter of one stored message; encode and
    decode with the stdlib `json` (what the daemon uses), `orjson` and `msgspec.json`, where installed.
 2. The decision log line: structlog's processor chain as `fallback_daemon.logs` configures it (contextvars,
-   level, ISO timestamp, exc_info, `mask_phones`, `scrub_secrets`, JSON renderer) on a typical `decision`
-   event, against the same chain without the two scrubbing processors and with orjson rendering.
+   level, ISO timestamp, exc_info, `mask_phones`, `scrub_secrets`, msgspec JSON renderer) on a typical
+   `decision` event, against the same chain with the stdlib json (or orjson) renderer and without the two
+   scrubbing processors; then each processor and renderer alone, the scrubbers also on an event that makes
+   them take their slow path.
 
 Figures are microseconds per operation (best of 5 repeats), single-threaded, on whatever else the machine is
 running; the ratios are what to compare.
@@ -127,9 +129,12 @@ def log_table() -> list[str]:
     event = decision_event()
     full = logs.processors()
     unscrubbed = [p for p in full if p not in (logs.mask_phones, logs.scrub_secrets)]
+    stdlib_json = structlog.processors.JSONRenderer()
     chains: dict[str, list[Any]] = {
-        "as configured (json renderer)": [*full, structlog.processors.JSONRenderer()],
-        "without mask_phones + scrub_secrets": [*unscrubbed, structlog.processors.JSONRenderer()],
+        "as configured (msgspec renderer)": [*full, logs.render_json],
+        "as configured, stdlib json renderer": [*full, stdlib_json],
+        "without mask_phones + scrub_secrets (msgspec)": [*unscrubbed, logs.render_json],
+        "without mask_phones + scrub_secrets (stdlib json)": [*unscrubbed, stdlib_json],
     }
     try:
         orjson = importlib.import_module("orjson")
@@ -150,8 +155,17 @@ def log_table() -> list[str]:
 
         lines.append(f"{name} | {best_us(line, 5000):.1f}")
     ev = {"event": "decision", **event}
-    for name, proc in (("mask_phones alone", logs.mask_phones), ("scrub_secrets alone", logs.scrub_secrets)):
-        lines.append(f"{name} | {best_us(lambda p=proc: p(None, 'info', dict(ev)), 20000):.1f}")
+    # The slow path: a free-text field that quotes a number and a credential (every string is then scanned).
+    hit = {**ev, "error": "refused for +6591234567: see https://x.example/receipts/abcdef0123456789/"}
+    for name, proc, e in (
+        ("mask_phones alone", logs.mask_phones, ev),
+        ("scrub_secrets alone", logs.scrub_secrets, ev),
+        ("mask_phones alone, a number in `error`", logs.mask_phones, hit),
+        ("scrub_secrets alone, a receipt URL in `error`", logs.scrub_secrets, hit),
+    ):
+        lines.append(f"{name} | {best_us(lambda p=proc, e=e: p(None, 'info', dict(e)), 20000):.1f}")
+    lines.append(f"msgspec renderer alone | {best_us(lambda: logs.render_json(None, 'info', ev), 20000):.1f}")
+    lines.append(f"stdlib json renderer alone | {best_us(lambda: stdlib_json(None, 'info', ev), 20000):.1f}")
     return lines
 
 

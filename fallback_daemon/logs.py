@@ -20,6 +20,7 @@ import urllib.parse
 from collections.abc import Iterable, MutableMapping
 from typing import IO, Any
 
+import msgspec
 import structlog
 
 from fallback_daemon import config
@@ -64,6 +65,23 @@ TEXT_KEYS = frozenset(
 _DIGITS = re.compile(r"\+?\d{6,}")  # inside a phone field: every long digit run is a number
 # In free text: 8-15 digits standing alone (not part of an id, a uuid segment, a decimal or a word).
 _PHONE_IN_TEXT = re.compile(r"(?<![\w.\-*])\+?\d{8,15}(?![\w.\-*])")
+_MIN_TEXT_PHONE = 8  # the shortest string _PHONE_IN_TEXT can match
+# A cheap necessary condition for _PHONE_IN_TEXT on ASCII text (a regex scan costs ~15 ns a character): map
+# digits to "0", the boundary class [\w.\-*] to "w" and every other byte to " "; a match needs eight digits
+# after a non-boundary character, so the mapped text, behind a leading space, then holds " 00000000".
+_PHONE_SHAPE = bytes(
+    0x30 if re.fullmatch(r"\d", chr(b)) else 0x77 if re.fullmatch(r"[\w.\-*]", chr(b)) else 0x20
+    for b in range(256)
+)
+
+
+def _may_hold_phone(text: str) -> bool:
+    """False only if `_PHONE_IN_TEXT` cannot match `text`; non-ASCII text (Unicode digits) is searched."""
+    if not text.isascii():
+        return _PHONE_IN_TEXT.search(text) is not None
+    return b" 00000000" in (" " + text).encode("ascii").translate(_PHONE_SHAPE)
+
+
 MASK = "***"
 # Credential shapes, each with a cheap substring test first: these run on every string of every event, and a
 # plain `in` is far cheaper than a regex scan of text that cannot match.
@@ -122,6 +140,8 @@ def _mask(value: Any, pattern: re.Pattern[str]) -> Any:
     if isinstance(value, str):
         if len(value) < 6:  # both patterns need six digits at least
             return value
+        if pattern is _PHONE_IN_TEXT and not _may_hold_phone(value):
+            return value
         return pattern.sub(_mask_match, value)
     if isinstance(value, dict):
         return {k: _mask(v, _pattern_for(k, pattern)) for k, v in value.items()}
@@ -143,16 +163,27 @@ _CONTAINERS = (dict, list, tuple)
 def mask_phones(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A processor: mask phone numbers by key (phone keys) and by value (every other string), at any depth.
 
-    Runs on every event: most values are short strings or numbers and are passed over by a length or type
-    test before any regex runs. Nested mappings (provider payloads: "To", "PhoneNumbers") match
-    case-insensitively.
+    Runs on every event, so the common case (no phone-shaped run in any free string) costs one cheap test
+    (`_may_hold_phone`) of the event's strings joined by newlines, not a regex scan of each: a newline is
+    neither a digit nor in the pattern's boundary class, so the joined text can match only when one of the
+    strings can. Only then is each string substituted. Strings shorter than 8 characters cannot hold 8
+    digits and are passed over; a phone key's string is always substituted (every 6+ digit run). Nested
+    mappings (provider payloads: "To", "PhoneNumbers") match case-insensitively.
     """
+    texts: list[str] = []
     for key, value in event.items():
         if isinstance(value, str):
-            if len(value) >= 6:
-                event[key] = _mask(value, _DIGITS if key in PHONE_KEYS else _PHONE_IN_TEXT)
+            if key in PHONE_KEYS:
+                if len(value) >= 6:
+                    event[key] = _DIGITS.sub(_mask_match, value)
+            elif len(value) >= _MIN_TEXT_PHONE:
+                texts.append(value)
         elif isinstance(value, _CONTAINERS) or (key in PHONE_KEYS and isinstance(value, int)):
             event[key] = _mask(value, _pattern_for(key, _PHONE_IN_TEXT))
+    if texts and _may_hold_phone("\n".join(texts)):
+        for key, value in event.items():
+            if isinstance(value, str) and key not in PHONE_KEYS and len(value) >= _MIN_TEXT_PHONE:
+                event[key] = _PHONE_IN_TEXT.sub(_mask_match, value)
     return event
 
 
@@ -194,15 +225,59 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+def _may_hold_secret(text: str) -> bool:
+    """False only if `scrub(text)` would return `text` unchanged: none of its substring tests hits."""
+    return (
+        "://" in text
+        or "/receipts/" in text
+        or "=" in text
+        or "earer" in text
+        or "EARER" in text
+        or any(value in text for value in _secrets.values)
+    )
+
+
 def scrub_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """A processor: no registered secret and no credential-shaped text survives in any field."""
+    """A processor: no registered secret and no credential-shaped text survives in any field.
+
+    The substring tests `scrub` starts with run once on the event's strings joined by newlines (a string
+    holding a secret or a credential marker makes the joined text hold it too); only if one hits is each
+    string scrubbed.
+    """
+    texts: list[str] = []
     for key, value in event.items():
         if isinstance(value, str):
             if len(value) >= MIN_SECRET_LEN:
-                event[key] = scrub(value)
+                texts.append(value)
         elif isinstance(value, _CONTAINERS):
             event[key] = _scrub(value)
+    if texts and _may_hold_secret("\n".join(texts)):
+        for key, value in event.items():
+            if isinstance(value, str) and len(value) >= MIN_SECRET_LEN:
+                event[key] = scrub(value)
     return event
+
+
+def _enc_hook(obj: Any) -> Any:
+    """msgspec's fallback for objects it cannot encode: structlog's `__structlog__` protocol, else str()."""
+    structlog_repr = getattr(obj, "__structlog__", None)
+    return structlog_repr() if callable(structlog_repr) else str(obj)
+
+
+_encode = msgspec.json.Encoder(enc_hook=_enc_hook).encode
+_stdlib_json = structlog.processors.JSONRenderer(default=_enc_hook)
+
+
+def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    """The renderer for JSON lines: msgspec (several times faster than `json.dumps`), one object per line.
+
+    Anything msgspec refuses (non-string keys such as None or a tuple, an int beyond 64 bits, a lone
+    surrogate) falls back to structlog's stdlib renderer, so a line is never lost to its encoding.
+    """
+    try:
+        return _encode(event).decode()
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return typing.cast(str, _stdlib_json(None, "", event))
 
 
 def processors() -> list[Any]:
@@ -237,7 +312,7 @@ def configure(
     """
     out = file if file is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = render_json if use_json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[*processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fallback_daemon import logs
 
@@ -56,3 +58,58 @@ def test_ids_times_and_short_numbers_are_left_alone(value: str) -> None:
 def test_mask_text_masks_phones_and_scrubs_secrets() -> None:
     """mask_text (used for every error answer) masks numbers and credential shapes in one text."""
     assert logs.mask_text("To 6591234567 refused, token=abcdef123456") == "To 659*****67 refused, token=***"
+
+
+# Issue 11: mask_phones and scrub_secrets test the event's strings joined before scanning any one of them;
+# the fast path must never skip a string the plain per-string scan would change.
+PHONE_ALPHABET = "0123456789+-.*_ aZ:/=\n\u0663\u00e9"  # with an Arabic-Indic digit and a non-ASCII letter
+
+
+def reference_mask(event: dict[str, Any]) -> dict[str, Any]:
+    """What mask_phones did before its fast path: every string of 6+ characters substituted."""
+    out = dict(event)
+    for key, value in out.items():
+        if isinstance(value, str) and len(value) >= 6:
+            pattern = logs._DIGITS if key in logs.PHONE_KEYS else logs._PHONE_IN_TEXT
+            out[key] = pattern.sub(logs._mask_match, value)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["event", "to", "a", "b", "c"]), st.text(PHONE_ALPHABET, max_size=30)))
+def test_mask_phones_fast_path_matches_the_plain_scan(event: dict[str, Any]) -> None:
+    """Any mix of fields: the same result as substituting each string on its own."""
+    assert logs.mask_phones(None, "info", dict(event)) == reference_mask(event)
+
+
+@given(st.text(PHONE_ALPHABET, max_size=40))
+@settings(max_examples=400, deadline=None)
+def test_may_hold_phone_never_misses_a_match(text: str) -> None:
+    """The cheap pre-test is a necessary condition of the regex."""
+    if logs._PHONE_IN_TEXT.search(text):
+        assert logs._may_hold_phone(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "masked"),
+    [
+        ("6591234567", "659*****67"),  # the whole string
+        ("x\n6591234567", "x\n659*****67"),  # after a newline (the join separator)
+        ("6591234567\nx", "659*****67\nx"),
+        ("(6591234567)", "(659*****67)"),
+        ("\u0663" * 10, "\u0663\u0663\u0663*****\u0663\u0663"),  # Unicode digits take the regex path
+        ("caf\u00e9 6591234567", "caf\u00e9 659*****67"),
+    ],
+)
+def test_a_number_among_clean_fields_is_masked(value: str, masked: str) -> None:
+    """One phone-shaped string among many clean ones (the fast path's miss case) is still masked."""
+    out = run_chain(event="decision", kind="receipt_delivered", id="0a1b2c3d4e5f00000007", detail_text=value)
+    assert out["detail_text"] == masked
+    assert out["id"] == "0a1b2c3d4e5f00000007"
+
+
+def test_scrub_secrets_fast_path_still_scrubs_one_field() -> None:
+    """A credential in one string of many is scrubbed; the others are left as they were."""
+    out = run_chain(event="decision", kind="receipt_delivered", url="https://h/receipts/abcdefgh1234/x")
+    assert out["url"] == "https://h/receipts/***/x"
+    assert out["kind"] == "receipt_delivered"

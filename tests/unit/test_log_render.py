@@ -1,0 +1,77 @@
+"""The JSON renderer (msgspec, issue 11): valid JSON with the keys and values the stdlib renderer gave."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from fallback_daemon import logs
+
+
+@pytest.fixture
+def restore() -> Iterator[None]:
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+EVENT: dict[str, Any] = {
+    "event": "decision",
+    "message_id": "9b2f7a0e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+    "attempt": 3,
+    "lateness_s": 1.5,
+    "held": False,
+    "note": None,
+    "detail": {"Status": "Delivered", "codes": [1, "x"], "nested": {"caf\u00e9": "\u00fc"}},
+}
+
+
+def test_render_json_equals_the_stdlib_renderer_parsed() -> None:
+    """Same keys and values as json.dumps for the types log lines carry."""
+    line = logs.render_json(None, "info", dict(EVENT))
+    assert isinstance(line, str)
+    assert json.loads(line) == json.loads(structlog.processors.JSONRenderer()(None, "info", dict(EVENT)))
+
+
+def test_unknown_objects_render_as_str() -> None:
+    """An object msgspec cannot encode is rendered by str(); a line it refuses goes through the stdlib."""
+
+    class Thing:
+        def __str__(self) -> str:
+            return "thing-7"
+
+    assert json.loads(logs.render_json(None, "info", {"event": "x", "obj": Thing()})) == {
+        "event": "x",
+        "obj": "thing-7",
+    }
+    # A lone surrogate: msgspec refuses the string, the stdlib renderer escapes it.
+    assert json.loads(logs.render_json(None, "info", {"event": "x", "s": "a\ud800"})) == {
+        "event": "x",
+        "s": "a\ud800",
+    }
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_configured_lines_are_masked_in_both_formats(fmt: str, restore: None) -> None:
+    """configure() writes masked lines with either renderer; the JSON one is one object per line."""
+    buf = io.StringIO()
+    logs.configure(fmt=fmt, level="info", file=buf, cache=False)
+    structlog.get_logger().info("decision", to="6591234567", error="refused for 6591234567")
+    logging.getLogger("lib").warning("boom for 6591234567")
+    text = buf.getvalue()
+    assert "6591234567" not in text
+    assert text.count("659*****67") == 3
+    if fmt == "json":
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert lines[0]["to"] == "659*****67" and lines[0]["level"] == "info"
+        assert lines[1]["event"] == "boom for 659*****67" and lines[1]["logger"] == "lib"
