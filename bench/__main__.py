@@ -34,6 +34,7 @@ SCENARIOS: dict[str, str] = {
     "timers": "timers",
     "steady": "steady",
     "steady-webhooks": "steady:run_webhooks",
+    "steady-split": "steady:run_split",
     "receipts": "receipts",
     "accept": "accept",
     "scale": "scale",
@@ -42,8 +43,9 @@ SCENARIOS: dict[str, str] = {
 }
 # Scenarios a --quick run (the CI smoke test) leaves out unless named with --only: the DBOS peer needs the
 # optional `bench-dbos` extra and minutes of its own; steady-webhooks is steady again with a webhook endpoint
-# (issue 12), a comparison that means nothing at the quick sizes.
-FULL_ONLY = frozenset({"dbos", "steady-webhooks"})
+# (issue 12), and steady-split is steady against three role-split processes (issue 11): comparisons that mean
+# nothing at the quick sizes.
+FULL_ONLY = frozenset({"dbos", "steady-webhooks", "steady-split"})
 DATA_DIR = harness.ROOT / ".data" / "bench"
 
 

@@ -239,8 +239,12 @@ class Bench:
         *,
         name: str = "daemon",
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> contextlib.AbstractAsyncContextManager[Proc]:
-        """One daemon replica as its own process, talking to the sandbox, on database `dsn`."""
+        """One daemon replica as its own process, talking to the sandbox, on database `dsn`.
+
+        `args` are added to `run --no-migrate` (e.g. `["--role", "timers,workers"]`, docs/scaling.md "Roles").
+        """
         daemon_env = clean_env(
             {
                 "DATABASE_URL": dsn,
@@ -256,7 +260,7 @@ class Bench:
                 **(env or {}),
             }
         )
-        return self.process(name, ["run", "--no-migrate"], daemon_env, f"http://127.0.0.1:{port}")
+        return self.process(name, ["run", "--no-migrate", *args], daemon_env, f"http://127.0.0.1:{port}")
 
 
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:

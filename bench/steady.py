@@ -12,6 +12,12 @@ load with one webhook endpoint subscribed to every event type through `POST /v1/
 bench/webhook_receiver.py (its own process, answers 204). It adds the events delivered per second, the lag
 from state change to recorded 2xx, and the daemon's CPU per message until the events are delivered too;
 its notes quote `steady`'s figures from the same run.
+
+Scenario 2c, `steady-split` (`python -m bench --only steady steady-split`), is the same load against a
+role-split deployment on the one database (docs/scaling.md "Roles", issue 11): `--role api` takes the POSTs
+and the sandbox's receipt pushes, `--role senders` sends, `--role timers,workers` fires the timers. The daemon
+CPU is the three processes' sum (each one's in the notes); its notes quote `steady`'s figures from the same
+run.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ SELECT extract(epoch FROM delivered_at - created_at)::float8 AS s
 FROM webhook_deliveries WHERE state = 'delivered'
 """
 WEBHOOKS_BY_TYPE = "SELECT event_type, count(*) AS n FROM webhook_deliveries GROUP BY 1 ORDER BY 2 DESC"
+
+# steady-split: one process per --role value; the first takes the API calls and the receipts.
+SPLIT_ROLES = ("api", "senders", "timers,workers")
+# What a variant's notes call `steady`'s figures from the same run.
+COMPARED = {"webhooks": "without endpoint", "split": "one all-roles process"}
 
 
 async def raw_steady(conn: asyncpg.Connection, n: int, seconds: float) -> list[float]:
@@ -155,6 +166,16 @@ async def run_webhooks(b: harness.Bench) -> harness.Result:
     return await measure(b, webhooks=True)
 
 
+async def run_split(b: harness.Bench) -> harness.Result:
+    """Scenario 2c (`--only steady steady-split`): the same load, three role-split processes, one database.
+
+    `--role api` (port the load generator posts to and the sandbox pushes receipts to), `--role senders`,
+    `--role timers,workers`. No raw baseline (it has no processes to differ by); `steady`'s figures from the
+    same run, when it ran first, are quoted in the notes.
+    """
+    return await measure(b, split=True)
+
+
 @contextlib.asynccontextmanager
 async def receiver(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
     """bench/webhook_receiver.py as its own process on `port`; terminated at exit."""
@@ -190,24 +211,43 @@ async def subscribe(d_url: str, hook_url: str) -> int:
         return int(body["endpoint"]["id"])
 
 
-async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
+async def measure(b: harness.Bench, *, webhooks: bool = False, split: bool = False) -> harness.Result:
     seconds = 2.0 if b.quick else 60.0
-    result = harness.Result(scenario="2b steady load + webhooks" if webhooks else "2 steady load")
-    dsn = await b.fresh_db("steady_webhooks" if webhooks else "steady")
+    variant = "webhooks" if webhooks else "split" if split else None
+    result = harness.Result(
+        scenario={
+            None: "2 steady load",
+            "webhooks": "2b steady load + webhooks",
+            "split": "2c steady load, role-split",
+        }[variant]
+    )
+    name = {None: "steady", "webhooks": "steady_webhooks", "split": "steady_split"}[variant]
+    dsn = await b.fresh_db(name)
     conn = await asyncpg.connect(dsn)
     hook: dict[str, Any] = {}
     try:
         await conn.execute(Q["raw_table"])
         raw_s = 1.0 if b.quick else 20.0
-        raw = [] if webhooks else await raw_steady(conn, int(TIMERS_PER_S * raw_s), raw_s)
+        raw = [] if variant else await raw_steady(conn, int(TIMERS_PER_S * raw_s), raw_s)
         await conn.execute(Q["truncate"])
         sb_port, d_port = harness.free_port(), harness.free_port()
         d_url = f"http://127.0.0.1:{d_port}"
         async with contextlib.AsyncExitStack() as stack:
             sb = await stack.enter_async_context(b.sandbox(sb_port, daemon_url=d_url, qps=RATE))
-            daemon = await stack.enter_async_context(
-                b.daemon(dsn, d_port, sb.url, name="daemon-steady-webhooks" if webhooks else "daemon-steady")
-            )
+            # role -> process; one "all" process unless split (the first one takes the API and the receipts).
+            daemons: dict[str, harness.Proc] = {}
+            for i, roles in enumerate(SPLIT_ROLES if split else ("all",)):
+                daemons[roles] = await stack.enter_async_context(
+                    b.daemon(
+                        dsn,
+                        d_port if i == 0 else harness.free_port(),
+                        sb.url,
+                        name=f"daemon-{name.replace('_', '-')}"
+                        + (f"-{roles.replace(',', '+')}" if split else ""),
+                        args=["--role", roles] if split else (),
+                    )
+                )
+            daemon = next(iter(daemons.values()))
             rcv_url = ""
             rcv: asyncio.subprocess.Process | None = None
             if webhooks:
@@ -220,15 +260,17 @@ async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
             await conn.execute(Q["seed_armed"], int(TIMERS_PER_S * seconds), t_start, seconds, SEEDED_FROM)
             await conn.execute(Q["analyze"])
             meters = {
-                "daemon": harness.CpuMeter([daemon.ps]),
+                "daemon": harness.CpuMeter([d.ps for d in daemons.values()]),
+                **({f"daemon {r}": harness.CpuMeter([d.ps]) for r, d in daemons.items()} if split else {}),
                 "sandbox": harness.CpuMeter([sb.ps]),
                 "postgres": harness.CpuMeter(harness.postgres_processes(b.pg_data)),
             }
             if rcv is not None:
                 meters["receiver"] = harness.CpuMeter([psutil.Process(rcv.pid)])
             # The daemon's CPU from the first post until the lifecycles it started are done (backlog sent,
-            # fallbacks fired by Failed receipts sent): CPU-seconds per message lifecycle.
-            lifecycle = harness.CpuMeter([daemon.ps])
+            # fallbacks fired by Failed receipts sent): CPU-seconds per message lifecycle (split: the sum of
+            # the processes', each one's kept in the details).
+            lifecycle = {r: harness.CpuMeter([d.ps]) for r, d in daemons.items()}
             await asyncio.sleep(max(0.0, t_start - time.time()))
             async with aiohttp.ClientSession() as http:
                 async with http.post(f"{sb.url}/sandbox/reset") as resp:
@@ -237,7 +279,7 @@ async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
                     async with http.post(f"{rcv_url}/reset") as resp:
                         resp.raise_for_status()
             profiler = await start_profiler(daemon.proc.pid, seconds)
-            for m in [*meters.values(), lifecycle]:
+            for m in [*meters.values(), *lifecycle.values()]:
                 m.start()
             posted, post_lat, post_errors = await generate(d_url, RATE, seconds)
             cpu = {k: m.stop() for k, m in meters.items()}
@@ -255,7 +297,8 @@ async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
             backlog_s = await harness.until(drained, "the send backlog to drain", timeout_s=120)
             await harness.until(settled, "the fired fallbacks to be sent", timeout_s=120)
             await asyncio.sleep(1.0)  # the last receipts (0-50 ms delay, 5 ms batching) and their writes
-            cpu_s = lifecycle.used_s()
+            cpu_parts = {r: m.used_s() for r, m in lifecycle.items()}
+            cpu_s = sum(cpu_parts.values())
             if webhooks:
                 # With an endpoint, a lifecycle is done when its events are delivered too: the CPU figure
                 # includes the deliveries still queued when the sends were done (the figure at the point
@@ -264,7 +307,7 @@ async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
                 hook["drain_after_lifecycles_s"] = await harness.until(
                     delivered_all, "the webhook deliveries to drain", timeout_s=600
                 )
-                cpu_s = lifecycle.used_s()
+                cpu_s = sum(m.used_s() for m in lifecycle.values())
                 async with aiohttp.ClientSession() as http, http.get(f"{rcv_url}/stats") as resp:
                     hook["receiver"] = await resp.json()
             if profiler is not None:
@@ -298,6 +341,8 @@ async def measure(b: harness.Bench, *, webhooks: bool) -> harness.Result:
         seconds=t_end - t_start,
         backlog_s=backlog_s,
         hook=hook if webhooks else None,
+        variant=variant,
+        cpu_parts=cpu_parts if split else None,
     )
     return result
 
@@ -319,7 +364,10 @@ def report(
     seconds: float,
     backlog_s: float,
     hook: dict[str, Any] | None = None,
+    variant: str | None = None,
+    cpu_parts: dict[str, float] | None = None,
 ) -> None:
+    """The rows; `variant` (None for `steady`, "webhooks", "split") quotes `steady`'s figures in the notes."""
     busy = [s for s, a, _ in rates["per_second"] if a > 0]
     full = replicas.saturated(rates["per_second"], busy[0], busy[-1]) if busy else []
     counts = [a for _, a in full]
@@ -327,11 +375,11 @@ def report(
     cpu_ms = 1000 * cpu_s / posted if posted else math.nan
 
     def raw_pct(p: float) -> float | None:
-        return harness.pct(raw, p) if raw else None  # the webhook variant runs no raw baseline
+        return harness.pct(raw, p) if raw else None  # the variants run no raw baseline
 
-    # `steady` leaves its figures for the DBOS peer and for `steady-webhooks` (which must not overwrite them).
-    base = dict(shared) if hook is not None else {}
-    if hook is None:
+    # `steady` leaves its figures for the DBOS peer and for its variants (which must not overwrite them).
+    base = dict(shared) if variant is not None else {}
+    if variant is None:
         shared.update(
             steady_rate=mean,
             steady_timer_p50=harness.pct(seeded, 50),
@@ -342,15 +390,15 @@ def report(
         )
 
     def without(key: str, unit: str) -> str:
-        """`steady`'s figure from this run, quoted in the webhook variant's notes."""
-        if hook is None:
+        """`steady`'s figure from this run, quoted in a variant's notes."""
+        if variant is None:
             return ""
         value = base.get(key)
         if value is None:
             return "no `steady` figure in this run"
         if unit == "s":
-            return f"without endpoint (same run): {value * 1000:.1f} ms"
-        return f"without endpoint (same run): {value:.3g} {unit}"
+            return f"{COMPARED[variant]} (same run): {value * 1000:.1f} ms"
+        return f"{COMPARED[variant]} (same run): {value:.3g} {unit}"
 
     result.details.update(
         {
@@ -363,6 +411,7 @@ def report(
             "throttled": rates["throttled"],
             "cpu_percent_of_one_core": cpu,
             "daemon_cpu_s_lifecycles": cpu_s,
+            **({"daemon_cpu_s_lifecycles_by_role": cpu_parts} if cpu_parts is not None else {}),
             "cpu_ms_per_message": 1000 * cpu_s / posted if posted else None,
             "timers": len(seeded),
             "immediate_fallbacks": len(immediate),
@@ -376,7 +425,7 @@ def report(
         daemon=mean,
         raw=float(RATE),
         note=f"slowest second {min(counts, default=0)}, throttled {rates['throttled']}"
-        + (f"; {without('steady_rate', 'calls/s')}" if hook is not None else ""),
+        + (f"; {without('steady_rate', 'calls/s')}" if variant is not None else ""),
     )
     result.add(
         name="timer lateness p50",
@@ -393,7 +442,11 @@ def report(
         target="<= 50 ms",
         ok=harness.pct(seeded, 99) <= 0.05,
         note=f"{len(seeded)} timers at {TIMERS_PER_S}/s under load; "
-        + (without("steady_timer_p99", "s") if hook is not None else "raw: same rate, nothing else running"),
+        + (
+            without("steady_timer_p99", "s")
+            if variant is not None
+            else "raw: same rate, nothing else running"
+        ),
     )
     result.add(name="Failed receipt -> fallback fired p99", unit="s", daemon=harness.pct(immediate, 99))
     result.add(
@@ -402,11 +455,13 @@ def report(
         daemon=harness.pct(receipt, 99),
         note="includes the sandbox's 0-50 ms delay and 5 ms batching",
     )
+    by_role = [(k.removeprefix("daemon "), v) for k, v in cpu.items() if k.startswith("daemon ")]
     result.add(
-        name="daemon CPU",
+        name="daemon CPU" + (f" (sum of {len(by_role)} processes)" if by_role else ""),
         unit="% of a core",
         daemon=cpu["daemon"],
-        note=f"sandbox {cpu['sandbox']:.0f}%, Postgres {cpu['postgres']:.0f}% of a core",
+        note=(f"per process: {', '.join(f'{r} {v:.0f}%' for r, v in by_role)}; " if by_role else "")
+        + f"sandbox {cpu['sandbox']:.0f}%, Postgres {cpu['postgres']:.0f}% of a core",
     )
     result.add(
         name="daemon CPU per message lifecycle",
@@ -417,7 +472,12 @@ def report(
         note=f"{cpu_s:.1f} CPU-s over {posted} messages, first post -> lifecycles done"
         + (" and their webhooks delivered" if hook is not None else "")
         + f" (includes the {len(seeded)} seeded timers' SMS)"
-        + (f"; {without('steady_cpu_ms', 'ms/msg')}" if hook is not None else ""),
+        + (
+            f"; by process: {', '.join(f'{r} {v:.1f} CPU-s' for r, v in cpu_parts.items())}"
+            if cpu_parts is not None
+            else ""
+        )
+        + (f"; {without('steady_cpu_ms', 'ms/msg')}" if variant is not None else ""),
     )
     if hook is not None:
         report_webhooks(result, hook, cpu=cpu, posted=posted, seconds=seconds)
