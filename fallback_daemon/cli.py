@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.ConfigError as exc:
         print(f"fallback-daemon: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    logs.configure(fmt=settings.log_format, level=settings.log_level, buffered=True)
     try:
         return asyncio.run(_dispatch(args, settings))
     except errors.ConfigError as exc:

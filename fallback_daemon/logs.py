@@ -11,10 +11,13 @@ shaped like a credential (a DSN password, the token in a `/receipts/<token>/` pa
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import dataclasses
 import logging
 import re
 import sys
+import threading
 import typing
 import urllib.parse
 from collections.abc import Iterable, MutableMapping
@@ -280,6 +283,52 @@ def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
         return typing.cast(str, _stdlib_json(None, "", event))
 
 
+class LineBuffer:
+    """A structlog logger that writes the lines of one event-loop iteration with one write, not one each.
+
+    structlog's PrintLogger flushes every line: one write syscall per line, 5-10 % of the daemon's samples
+    when a receipt push logs a decision per receipt (docs/performance.md, session 5). Here a line logged
+    inside a running event loop is kept until the end of the loop's current pass (`call_soon`), then the
+    pass's lines go out together and are flushed; outside a loop, or from another thread with no loop,
+    a line is written at once. What can be lost is at most one pass's lines if the process is SIGKILLed
+    (the database, not the log, is the record of every decision); a normal exit flushes (atexit).
+    """
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._lines.append(message)
+            if self._scheduled:
+                return
+            self._scheduled = loop is not None
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines, self._scheduled = self._lines, [], False
+        if lines:
+            try:
+                self._file.write("\n".join(lines) + "\n")
+                self._file.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nothing to write to
+                pass
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+
+
 def processors() -> list[Any]:
     """The chain before the renderer (exceptions are formatted first, so tracebacks are masked too)."""
     return [
@@ -292,12 +341,22 @@ def processors() -> list[Any]:
     ]
 
 
+def _constant(logger: LineBuffer) -> Any:
+    """A logger factory returning the one buffer (every bound logger writes through the same one)."""
+    return lambda *_: logger
+
+
 class _StdlibHandler(logging.StreamHandler[IO[str]]):
     """Routes the standard library's records (aiohttp, asyncpg, botocore) through the same processors."""
 
 
 def configure(
-    *, fmt: str = "auto", level: str = "info", file: IO[str] | None = None, cache: bool = True
+    *,
+    fmt: str = "auto",
+    level: str = "info",
+    file: IO[str] | None = None,
+    cache: bool = True,
+    buffered: bool = False,
 ) -> None:
     """Configure structlog, and the standard library's root logger, for the process.
 
@@ -309,6 +368,7 @@ def configure(
         level: the lowest level written.
         file: where lines go (default: stderr).
         cache: cache loggers on first use (production); tests pass False so a later configure still applies.
+        buffered: write a loop pass's lines together (`LineBuffer`; the CLI), else each line at once.
     """
     out = file if file is not None else sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -316,7 +376,11 @@ def configure(
     structlog.configure(
         processors=[*processors(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=typing.cast(typing.TextIO, out)),
+        logger_factory=(
+            _constant(LineBuffer(out))
+            if buffered
+            else structlog.PrintLoggerFactory(file=typing.cast(typing.TextIO, out))
+        ),
         cache_logger_on_first_use=cache,
     )
     handler = _StdlibHandler(out)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import msgspec
 import structlog
 
 from fallback_daemon import metrics
@@ -22,8 +23,26 @@ CHANNEL_SEND = "fallback_send"  # new messages to send
 CHANNEL_DUE = "fallback_due"  # a fallback became due now
 
 
+_msgspec_encode = msgspec.json.Encoder().encode
+
+
+def encode_jsonb(value: Any) -> str:
+    """jsonb parameters through msgspec (5-10x faster than json.dumps; every event's detail is one).
+
+    For what the daemon stores (str keys; str, int, float, bool, None, lists and dicts) the jsonb value is the
+    same as json.dumps gave. Differences, none reachable from validated input: a lone surrogate is refused
+    by msgspec and goes to json.dumps (whose escape Postgres refuses, as before); a NaN or an infinity is
+    written as null (json.dumps wrote `NaN`, which Postgres refused); a datetime is written as ISO text
+    (json.dumps raised).
+    """
+    try:
+        return _msgspec_encode(value).decode()
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return json.dumps(value)
+
+
 async def _init(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=encode_jsonb, decoder=json.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 

@@ -13,6 +13,7 @@ import structlog
 from fallback_daemon import metrics
 from fallback_daemon.core import errorclasses, model, policy, ports
 from fallback_daemon.db import sql
+from fallback_daemon.engine.groupcommit import GroupCommit
 from fallback_daemon.engine.outcomes import Outcome, Outcomes, _state, _unpark
 
 log = structlog.get_logger("fallback_daemon.engine.service")
@@ -28,6 +29,7 @@ class IngestResult:
     fired: int = 0
     double_delivered: int = 0
     channels: set[str] = dataclasses.field(default_factory=set)
+    requests: int = 1  # the HTTP pushes written together in this transaction (engine/groupcommit.py)
 
 
 def _uuid(value: str | None) -> uuid.UUID | None:
@@ -43,6 +45,43 @@ class Ingest(Outcomes):
     """HTTP, MNS and SQS receipts go through here (and only here) to the write path."""
 
     feed: ports.FeedClock  # when receipts were last seen per channel; the feed gate reads it
+    _chat_pushes: dict[str, GroupCommit[model.ChatReceipt, IngestResult]]  # by source
+    _sms_pushes: dict[str, GroupCommit[model.SmsReceipt, IngestResult]]
+
+    async def push_chat(self, receipts: Sequence[model.ChatReceipt], source: str) -> IngestResult:
+        """An HTTP push: written with the pushes that arrive while another is written (group commit).
+
+        Returns the result of the whole group (`requests` callers); it is logged once, here.
+        """
+        if not receipts:
+            return IngestResult()
+        group = self._chat_pushes.get(source)
+        if group is None:
+
+            async def apply(parts: list[Sequence[model.ChatReceipt]]) -> IngestResult:
+                result = await self.ingest_chat([r for p in parts for r in p], source)
+                result.requests = len(parts)
+                log.info("receipts_ingested", kind="chatapp", **vars(result))
+                return result
+
+            group = self._chat_pushes[source] = GroupCommit(apply, name=f"chatapp-{source}")
+        return await group.submit(receipts)
+
+    async def push_sms(self, receipts: Sequence[model.SmsReceipt], source: str) -> IngestResult:
+        """push_chat for SMS reports."""
+        if not receipts:
+            return IngestResult()
+        group = self._sms_pushes.get(source)
+        if group is None:
+
+            async def apply(parts: list[Sequence[model.SmsReceipt]]) -> IngestResult:
+                result = await self.ingest_sms([r for p in parts for r in p], source)
+                result.requests = len(parts)
+                log.info("receipts_ingested", kind="sms", **vars(result))
+                return result
+
+            group = self._sms_pushes[source] = GroupCommit(apply, name=f"sms-{source}")
+        return await group.submit(receipts)
 
     async def ingest_chat(self, receipts: Sequence[model.ChatReceipt], source: str) -> IngestResult:
         """Store raw receipts (deduplicated), then apply the new ones; all in one transaction."""

@@ -46,3 +46,5 @@ class Service(Accept, Ingest, Attempts, Views):
         self.feed = feed if feed is not None else ports.FeedClock()  # receipts seen; the gate flushes it
         self._notified_at = -1.0  # monotonic time of the last "new messages" NOTIFY sent by accept
         self._trailing: asyncio.Task[None] | None = None
+        self._chat_pushes = {}
+        self._sms_pushes = {}

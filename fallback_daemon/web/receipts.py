@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hmac
 
-import structlog
 from aiohttp import web
 
 from fallback_daemon.core import receipts
 from fallback_daemon.web import keys
 
-log = structlog.get_logger("fallback_daemon.web.receipts")
 ACK = {"code": 0, "msg": "success"}
 
 
@@ -30,14 +28,12 @@ def check_token(request: web.Request) -> None:
 async def chatapp(request: web.Request) -> web.Response:
     check_token(request)
     parsed = receipts.parse_chatapp_reports(await request.read())
-    result = await request.app[keys.SERVICE].ingest_chat(parsed, "http")
-    log.info("receipts_ingested", kind="chatapp", **vars(result))
+    await request.app[keys.SERVICE].push_chat(parsed, "http")  # committed (and logged) with its group
     return web.json_response(ACK)
 
 
 async def sms(request: web.Request) -> web.Response:
     check_token(request)
     parsed = receipts.parse_sms_reports(await request.read())
-    result = await request.app[keys.SERVICE].ingest_sms(parsed, "http")
-    log.info("receipts_ingested", kind="sms", **vars(result))
+    await request.app[keys.SERVICE].push_sms(parsed, "http")
     return web.json_response(ACK)

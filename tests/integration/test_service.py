@@ -180,6 +180,24 @@ class TestReceipts:
         assert (await svc.ingest_sms(parsed, "http")).applied == 1
         assert await state(svc, mid) == ("sent", "sms_delivered")
 
+    async def test_concurrent_pushes_share_one_transaction_and_each_is_applied(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """Pushes that arrive together are committed together (group commit); every receipt applies once."""
+        mids = [await accept_and_send(svc, f"G{i}") for i in range(6)]
+        pushes = [
+            svc.push_chat([chat_receipt(f"G{i}", "Delivered", str(m))], "http") for i, m in enumerate(mids)
+        ]
+        # A duplicate of a receipt in the same group is stored once.
+        pushes.append(svc.push_chat([chat_receipt("G1", "Delivered", str(mids[1]))], "http"))
+        # All seven are queued before the writer task first runs: one transaction, one result for all.
+        results = await asyncio.gather(*pushes)
+        assert {id(r) for r in results} == {id(results[0])}
+        r = results[0]
+        assert (r.requests, r.received, r.applied, r.duplicates) == (7, 7, 6, 1)
+        assert [await state(svc, m) for m in mids] == [("delivered", "cancelled")] * 6
+        assert await db.fetchval("SELECT count(*) FROM receipts WHERE applied_at IS NOT NULL") == 6
+
 
 class TestTimers:
     async def test_timer_fires_only_when_due(self, svc: service.Service) -> None:

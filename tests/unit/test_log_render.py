@@ -8,10 +8,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import hypothesis
 import pytest
 import structlog
 
 from fallback_daemon import logs
+from fallback_daemon.db import store
 
 
 @pytest.fixture
@@ -75,3 +77,27 @@ def test_configured_lines_are_masked_in_both_formats(fmt: str, restore: None) ->
         lines = [json.loads(line) for line in text.splitlines()]
         assert lines[0]["to"] == "659*****67" and lines[0]["level"] == "info"
         assert lines[1]["event"] == "boom for 659*****67" and lines[1]["logger"] == "lib"
+
+
+@hypothesis.given(
+    hypothesis.strategies.recursive(
+        hypothesis.strategies.none()
+        | hypothesis.strategies.booleans()
+        | hypothesis.strategies.integers()
+        | hypothesis.strategies.floats(allow_nan=False, allow_infinity=False)
+        | hypothesis.strategies.text(alphabet=hypothesis.strategies.characters(blacklist_categories=("Cs",))),
+        lambda children: (
+            hypothesis.strategies.lists(children, max_size=4)
+            | hypothesis.strategies.dictionaries(hypothesis.strategies.text(max_size=8), children, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_jsonb_parameters_encode_to_the_value_json_dumps_gave(value: object) -> None:
+    """store.encode_jsonb (msgspec) and json.dumps describe the same JSON value for what the daemon stores."""
+    assert json.loads(store.encode_jsonb(value)) == json.loads(json.dumps(value))
+
+
+def test_jsonb_parameters_msgspec_refuses_fall_back_to_json_dumps() -> None:
+    """A lone surrogate (msgspec refuses it) is encoded by json.dumps, as before the change."""
+    assert store.encode_jsonb({"a": "\ud800"}) == json.dumps({"a": "\ud800"})
