@@ -16,6 +16,7 @@ import structlog
 from fallback_daemon.core import errors, model, policy
 from fallback_daemon.core.model import ChatState
 from fallback_daemon.db import sql, store
+from fallback_daemon.engine.groupcommit import GroupCommit
 from fallback_daemon.engine.outcomes import Outcomes
 
 log = structlog.get_logger("fallback_daemon.engine.service")
@@ -44,6 +45,23 @@ class Accept(Outcomes):
     timer_scale: float
     _notified_at: float
     _trailing: asyncio.Task[None] | None
+    _posts: GroupCommit[model.SendRequest, Accepted] | None
+
+    async def accept_post(self, req: model.SendRequest) -> Accepted:
+        """One POST without an Idempotency-Key: inserted in one statement with the POSTs that arrive while
+        the inserts in flight commit (group commit, engine/groupcommit.py); answered after that commit.
+
+        Each insert is a commit and its WAL flush; POSTs arriving together share one. Keyed POSTs keep their
+        own statement (their request digest is checked per key).
+        """
+        if self._posts is None:
+
+            async def apply(parts: list[Sequence[model.SendRequest]]) -> list[Accepted]:
+                reqs = [r for part in parts for r in part]
+                return await self.accept(reqs, [None] * len(reqs))  # one request per part
+
+            self._posts = GroupCommit(apply, name="accept", writers=2)
+        return await self._posts.submit([req])
 
     def sms_text(self, req: model.SendRequest) -> str | None:
         if req.fallback_content:

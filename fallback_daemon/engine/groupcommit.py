@@ -30,7 +30,7 @@ class GroupCommit(Generic[T, R]):
 
     Args:
         apply: writes the items of one or more callers (a list per caller) in one transaction and returns
-            one result for all of them.
+            one result per caller, in their order.
         writers: transactions in progress at once. More than one lets one writer's Python work overlap
             another's statements in Postgres; callers are grouped only when every writer is busy.
         max_items: a group takes callers until their items exceed this (a caller is never split).
@@ -38,7 +38,7 @@ class GroupCommit(Generic[T, R]):
 
     def __init__(
         self,
-        apply: Callable[[list[Sequence[T]]], Awaitable[R]],
+        apply: Callable[[list[Sequence[T]]], Awaitable[Sequence[R]]],
         *,
         name: str,
         writers: int = 4,
@@ -88,16 +88,16 @@ class GroupCommit(Generic[T, R]):
     async def _write(self, group: list[tuple[Sequence[T], asyncio.Future[R]]]) -> None:
         if len(group) > 1:
             try:
-                result = await self._apply([items for items, _ in group])
+                results = await self._apply([items for items, _ in group])
             except Exception as exc:  # which caller's items failed is unknown: each is retried alone below
                 log.warning("group_commit_split", group=self._name, callers=len(group), error=str(exc))
             else:
-                for _, fut in group:
+                for (_, fut), result in zip(group, results, strict=True):
                     _settle(fut, result)
                 return
         for items, fut in group:
             try:
-                result = await self._apply([items])
+                [result] = await self._apply([items])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -58,11 +58,11 @@ class Ingest(Outcomes):
         group = self._chat_pushes.get(source)
         if group is None:
 
-            async def apply(parts: list[Sequence[model.ChatReceipt]]) -> IngestResult:
+            async def apply(parts: list[Sequence[model.ChatReceipt]]) -> list[IngestResult]:
                 result = await self.ingest_chat([r for p in parts for r in p], source)
                 result.requests = len(parts)
                 log.info("receipts_ingested", kind="chatapp", **vars(result))
-                return result
+                return [result] * len(parts)
 
             group = self._chat_pushes[source] = GroupCommit(apply, name=f"chatapp-{source}")
         return await group.submit(receipts)
@@ -74,11 +74,11 @@ class Ingest(Outcomes):
         group = self._sms_pushes.get(source)
         if group is None:
 
-            async def apply(parts: list[Sequence[model.SmsReceipt]]) -> IngestResult:
+            async def apply(parts: list[Sequence[model.SmsReceipt]]) -> list[IngestResult]:
                 result = await self.ingest_sms([r for p in parts for r in p], source)
                 result.requests = len(parts)
                 log.info("receipts_ingested", kind="sms", **vars(result))
-                return result
+                return [result] * len(parts)
 
             group = self._sms_pushes[source] = GroupCommit(apply, name=f"sms-{source}")
         return await group.submit(receipts)

@@ -47,4 +47,5 @@ class Service(Accept, Ingest, Attempts, Views):
         self._notified_at = -1.0  # monotonic time of the last "new messages" NOTIFY sent by accept
         self._trailing: asyncio.Task[None] | None = None
         self._chat_pushes = {}
+        self._posts = None
         self._sms_pushes = {}

@@ -83,8 +83,12 @@ async def post_message(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await read_json(request)
     req = validation.validate_send(body)
-    digest = validation.request_digest(body) if key is not None else None
-    [accepted] = await request.app[keys.SERVICE].accept([req], [single_key(key)], request_hash=digest)
+    svc = request.app[keys.SERVICE]
+    if key is None:
+        accepted = await svc.accept_post(req)  # group-committed with the POSTs arriving beside it
+    else:
+        digest = validation.request_digest(body)
+        [accepted] = await svc.accept([req], [single_key(key)], request_hash=digest)
     return struct_response(accepted_view(accepted), status=202 if accepted.created else 200)
 
 

@@ -85,6 +85,19 @@ class TestAccept:
         assert (rows[a.id]["fallback_state"], rows[a.id]["due_at"]) == ("armed", None)
         assert rows[b.id]["fallback_state"] == "none"
 
+    async def test_concurrent_posts_share_one_insert_and_each_gets_its_own_message(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """POSTs arriving together are inserted together (group commit); each caller gets its own row."""
+        numbers = [f"65912345{i:02d}" for i in range(12)]
+        accepted = await asyncio.gather(*(svc.accept_post(req(to=n)) for n in numbers))
+        rows = {r["id"]: r["to_number"] for r in await db.fetch("SELECT id, to_number FROM messages")}
+        assert [rows[a.id] for a in accepted] == numbers
+        assert all(a.created for a in accepted)
+        # All twelve are queued before the first writer runs: one insert (created_at is its transaction's
+        # start time), so the mapping of returned rows to callers is what the first assertion checked.
+        assert await db.fetchval("SELECT count(DISTINCT created_at) FROM messages") == 1
+
 
 class TestReceipts:
     async def test_delivered_cancels_and_duplicates_change_nothing(self, svc: service.Service) -> None:

@@ -19,13 +19,13 @@ class Recorder:
         self.release = asyncio.Event()
         self.release.set()
 
-    async def apply(self, parts: list[Sequence[str]]) -> str:
+    async def apply(self, parts: list[Sequence[str]]) -> list[str]:
         self.calls.append([list(p) for p in parts])
         self.entered.set()
         await self.release.wait()
         if any("bad" in p for p in parts):
             raise ValueError("refused: bad")
-        return f"tx{len(self.calls)}"
+        return [f"tx{len(self.calls)}"] * len(parts)
 
 
 async def test_an_idle_submit_is_written_alone_and_answered_with_its_result() -> None:
@@ -141,3 +141,20 @@ async def test_a_caller_right_after_the_writer_finished_gets_a_writer_of_its_own
     group: GroupCommit[str, str] = GroupCommit(rec.apply, name="t", writers=1)
     assert await group.submit(["a"]) == "tx1"
     assert await asyncio.wait_for(group.submit(["b"]), timeout=10) == "tx2"
+
+
+async def test_each_caller_gets_the_result_for_its_own_part() -> None:
+    """apply answers per caller: the group hands each one its own entry."""
+    release = asyncio.Event()
+
+    async def apply(parts: list[Sequence[str]]) -> list[str]:
+        await release.wait()
+        return ["+".join(p) for p in parts]
+
+    group: GroupCommit[str, str] = GroupCommit(apply, name="t", writers=1)
+    first = asyncio.create_task(group.submit(["a"]))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(group.submit(items)) for items in (["b", "c"], ["d"])]
+    await asyncio.sleep(0)
+    release.set()
+    assert [await first, *[await t for t in rest]] == ["a", "b+c", "d"]
