@@ -76,13 +76,8 @@ async def send_message_to_globe(
     message_id = state.ids.sms_message_id()
     failed = state.world.sms_fails(to)
     parts = world.segments(text)
-    entry = state.journal.sms_entry(task_id or message_id, GLOBE_ACTION, to)
-    entry.sends += 1
-    entry.outcome = "failed" if failed else "delivered"
-    entry.message_ids.append(message_id)
-    stats.sms_sends += 1
     sent_at = dt.datetime.now(dt.UTC)
-    state.ledger.add(
+    state.ledger.add(  # before the journal: see send_chatapp_message in cams.py
         ledger.SmsRecord(
             api=GLOBE_ACTION,
             provider_id=message_id,
@@ -96,6 +91,11 @@ async def send_message_to_globe(
             sent_at=sent_at,
         )
     )
+    entry = state.journal.sms_entry(task_id or message_id, GLOBE_ACTION, to)
+    entry.sends += 1
+    entry.outcome = "failed" if failed else "delivered"
+    entry.message_ids.append(message_id)
+    stats.sms_sends += 1
 
     def build(received_at: dt.datetime) -> dict[str, Any]:
         return world.intl_sms_report(
@@ -161,15 +161,9 @@ async def send_sms(
         code, message = problem
         return replies.reply({"RequestId": replies.request_id(), "Code": code, "Message": message})
     biz_id = state.ids.biz_id()
-    entry = state.journal.sms_entry(out_id or biz_id, SMS_ACTION, ",".join(phones))
-    entry.sends += 1
-    entry.message_ids.append(biz_id)
-    stats.sms_sends += 1
     sent_at = dt.datetime.now(dt.UTC)
-    outcomes = set()
-    for phone in phones:
-        failed = state.world.sms_fails(phone)
-        outcomes.add("failed" if failed else "delivered")
+    fails = {phone: state.world.sms_fails(phone) for phone in phones}
+    for phone in phones:  # the ledger before the journal: see send_chatapp_message in cams.py
         state.ledger.add(
             ledger.SmsRecord(
                 api=SMS_ACTION,
@@ -180,10 +174,18 @@ async def send_sms(
                 text=params.get("TemplateParam", ""),
                 template_code=params["TemplateCode"],
                 segments=1,
-                failed=failed,
+                failed=fails[phone],
                 sent_at=sent_at,
             )
         )
+    entry = state.journal.sms_entry(out_id or biz_id, SMS_ACTION, ",".join(phones))
+    entry.sends += 1
+    entry.message_ids.append(biz_id)
+    stats.sms_sends += 1
+    outcomes = set()
+    for phone in phones:
+        failed = fails[phone]
+        outcomes.add("failed" if failed else "delivered")
         state.producer.sms_accepted(
             domestic=True,
             entry=entry,

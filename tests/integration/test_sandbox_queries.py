@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -242,3 +243,38 @@ async def test_records_survive_a_sandbox_restart(
     finally:
         await second.close()
     assert [r["MessageId"] for r in body["Data"]] == [sent["MessageId"]]
+
+
+async def test_a_send_is_in_the_ledger_before_the_journal_counts_it(
+    session: aiohttp.ClientSession, tmp_path: pathlib.Path
+) -> None:
+    """The queryable record is written before the journal counts the send (chaos, session 5: a kill
+    between the two once left a send the journal counted but ListChatappMessage denied: it was sent twice)."""
+    box = await sandbox.serve(sandbox.SandboxConfig(journal_path=str(tmp_path / "journal.jsonl")))
+    order: list[str] = []
+    state = box.state
+    ledger_add, journal_write = state.ledger.add, state.journal._write
+
+    def add(record: Any) -> None:
+        order.append(f"ledger {type(record).__name__}")
+        ledger_add(record)
+
+    def write(entry: Any) -> None:
+        counted = getattr(entry, "accepted", None) or getattr(entry, "sends", None)
+        order.append(f"journal {type(entry).__name__} {'counted' if counted else 'opened'}")
+        journal_write(entry)
+
+    state.ledger.add = add  # type: ignore[method-assign]
+    state.journal._write = write  # type: ignore[method-assign]
+    try:
+        await client(session, box.url).call("SendChatappMessage", {**SEND, "TaskId": "order"})
+        await client(session, box.url, alibaba_sms.VERSION).call(
+            "SendMessageToGlobe",
+            {"To": "6591234500", "Message": "hi", "TaskId": "sms"},
+            ok_field="ResponseCode",
+        )
+    finally:
+        await box.close()
+    first_counted = {kind: order.index(f"journal {kind} counted") for kind in ("ChatEntry", "SmsEntry")}
+    assert order.index("ledger ChatRecord") < first_counted["ChatEntry"]
+    assert order.index("ledger SmsRecord") < first_counted["SmsEntry"]
