@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import asyncpg
 import structlog
@@ -18,6 +19,7 @@ from fallback_daemon.engine.outcomes import Outcome, Outcomes, _state, _unpark
 
 log = structlog.get_logger("fallback_daemon.engine.service")
 Q = sql.queries
+R = TypeVar("R", model.ChatReceipt, model.SmsReceipt)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,20 +53,13 @@ class Ingest(Outcomes):
     async def push_chat(self, receipts: Sequence[model.ChatReceipt], source: str) -> IngestResult:
         """An HTTP push: written with the pushes that arrive while another is written (group commit).
 
-        Returns the result of the whole group (`requests` callers); it is logged once, here.
+        Returns the result of the whole group (`requests` callers); it is logged once, in `_grouped`.
         """
         if not receipts:
             return IngestResult()
         group = self._chat_pushes.get(source)
         if group is None:
-
-            async def apply(parts: list[Sequence[model.ChatReceipt]]) -> list[IngestResult]:
-                result = await self.ingest_chat([r for p in parts for r in p], source)
-                result.requests = len(parts)
-                log.info("receipts_ingested", kind="chatapp", **vars(result))
-                return [result] * len(parts)
-
-            group = self._chat_pushes[source] = GroupCommit(apply, name=f"chatapp-{source}")
+            group = self._chat_pushes[source] = _grouped("chatapp", source, self.ingest_chat)
         return await group.submit(receipts)
 
     async def push_sms(self, receipts: Sequence[model.SmsReceipt], source: str) -> IngestResult:
@@ -73,14 +68,7 @@ class Ingest(Outcomes):
             return IngestResult()
         group = self._sms_pushes.get(source)
         if group is None:
-
-            async def apply(parts: list[Sequence[model.SmsReceipt]]) -> list[IngestResult]:
-                result = await self.ingest_sms([r for p in parts for r in p], source)
-                result.requests = len(parts)
-                log.info("receipts_ingested", kind="sms", **vars(result))
-                return [result] * len(parts)
-
-            group = self._sms_pushes[source] = GroupCommit(apply, name=f"sms-{source}")
+            group = self._sms_pushes[source] = _grouped("sms", source, self.ingest_sms)
         return await group.submit(receipts)
 
     async def ingest_chat(self, receipts: Sequence[model.ChatReceipt], source: str) -> IngestResult:
@@ -285,6 +273,20 @@ class Ingest(Outcomes):
                 metrics.fallback_sms.labels(d.outcome.removeprefix("sms_")).inc()
         if result.channels:
             self.feed.seen(result.channels, now)
+
+
+def _grouped(
+    kind: str, source: str, ingest: Callable[[Sequence[R], str], Awaitable[IngestResult]]
+) -> GroupCommit[R, IngestResult]:
+    """The group commit of one kind of push from one source: the callers' receipts in one `ingest` call."""
+
+    async def apply(parts: list[Sequence[R]]) -> list[IngestResult]:
+        result = await ingest([r for p in parts for r in p], source)
+        result.requests = len(parts)
+        log.info("receipts_ingested", kind=kind, **vars(result))
+        return [result] * len(parts)
+
+    return GroupCommit(apply, name=f"{kind}-{source}")
 
 
 def _status_key(r: model.ChatReceipt) -> str:

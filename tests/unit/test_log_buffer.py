@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -48,17 +46,6 @@ def test_outside_an_event_loop_a_line_is_written_at_once() -> None:
     assert out.getvalue() == "now\n"
     buf.info("and now")
     assert out.getvalue() == "now\nand now\n"
-
-
-@pytest.fixture
-def restore() -> Iterator[None]:
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("restore")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
@@ -14,18 +13,6 @@ import structlog
 
 from fallback_daemon import logs
 from fallback_daemon.db import store
-
-
-@pytest.fixture
-def restore() -> Iterator[None]:
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
 
 EVENT: dict[str, Any] = {
     "event": "decision",
