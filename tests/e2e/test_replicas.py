@@ -23,8 +23,10 @@ N = 2000
 REPLICAS = 3
 CAP = 100  # calls/s: the sandbox's QPS and the daemons' FALLBACK_SEND_RATE
 # Calls/s kept free below the cap (sends are paced at CAP - HEADROOM). The sandbox counts a call when its own
-# event loop gets to it, so its stalls on a busy CI machine bunch calls up; 10% absorbs ~100 ms of that.
-HEADROOM = 10
+# event loop gets to it, so its stalls on a busy CI machine bunch calls up; 20 (pace 80/s, tolerance 25 %)
+# absorbs ~250 ms of that. 10 (~100 ms) was not enough on a 2-vCPU VM 2.5-4x slower per core: 2 calls
+# throttled in one full-suite run (2026-12-02), none in three runs of this file alone.
+HEADROOM = 20
 
 
 @pytest.mark.parametrize(
