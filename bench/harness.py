@@ -32,7 +32,8 @@ Q = sql.parse((pathlib.Path(__file__).parent / "queries.sql").read_text())
 API_TOKEN = "bench-api-token-0123456789"  # noqa: S105 (a local benchmark's own token)
 RECEIPT_TOKEN = "bench-receipt-token-0123456789"  # noqa: S105 (likewise)
 SANDBOX_AK, SANDBOX_SK = "bench-access-key", "bench-access-secret-0123"
-DAEMON_LOOP = os.environ.get("BENCH_DAEMON_LOOP", "asyncio")  # asyncio | uvloop
+# BENCH_DAEMON_LOOP=asyncio|uvloop: the daemons' FALLBACK_EVENT_LOOP (unset: the daemon's default, uvloop)
+DAEMON_LOOP = os.environ.get("BENCH_DAEMON_LOOP", "")
 
 
 def load() -> str:
@@ -190,11 +191,8 @@ class Bench:
     ) -> AsyncIterator[Proc]:
         """Run `python -m fallback_daemon <args>` (output in the log folder); SIGTERM at exit."""
         log = (self.log_dir / f"{name}.log").open("wb")
-        # BENCH_DAEMON_LOOP=uvloop runs the daemon under uvloop (bench/uvloop_daemon.py): a lever measured
-        # without changing the daemon. The sandbox always runs on the stdlib loop.
-        module = "bench.uvloop_daemon" if args[0] == "run" and DAEMON_LOOP == "uvloop" else "fallback_daemon"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, *args, env=dict(env), stdout=log, stderr=log, cwd=ROOT
+            sys.executable, "-m", "fallback_daemon", *args, env=dict(env), stdout=log, stderr=log, cwd=ROOT
         )
         handle = Proc(name, proc, url)
         try:
@@ -229,7 +227,9 @@ class Bench:
         if daemon_url:
             receipts = f"{daemon_url}/receipts/{RECEIPT_TOKEN}"
             args += ["--chatapp-callback", f"{receipts}/chatapp", "--sms-callback", f"{receipts}/sms"]
-        return self.process(f"sandbox-{port}", args, clean_env({}), f"http://127.0.0.1:{port}")
+        # The sandbox always runs on the stdlib loop: the rig stays put when the daemon's loop is the lever.
+        env = clean_env({"FALLBACK_EVENT_LOOP": "asyncio"})
+        return self.process(f"sandbox-{port}", args, env, f"http://127.0.0.1:{port}")
 
     def daemon(
         self,
@@ -257,6 +257,7 @@ class Bench:
                 "FALLBACK_SMS_ENDPOINT": sandbox_url,
                 "FALLBACK_SMS_FROM": "Bench",
                 "FALLBACK_LOG_FORMAT": "json",
+                **({"FALLBACK_EVENT_LOOP": DAEMON_LOOP} if DAEMON_LOOP else {}),
                 **(env or {}),
             }
         )

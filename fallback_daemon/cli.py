@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(fmt=settings.log_format, level=settings.log_level, buffered=True)
     try:
-        return asyncio.run(_dispatch(args, settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            return runner.run(_dispatch(args, settings))
     except errors.ConfigError as exc:
         print(f"fallback-daemon: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except KeyboardInterrupt:
         return 130
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """FALLBACK_EVENT_LOOP: uvloop's loop, or None (asyncio.Runner's default: the standard library's)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def require_database(settings: config.Settings, args: argparse.Namespace) -> None:
