@@ -275,6 +275,19 @@ async def serve(
             feed=feed,
         )
         svc.guard_config = guards.GuardConfig.from_settings(settings)  # checked by the timer claim
+        # The timer loop's database work on connections of its own (docs/architecture.md, "Timers on their
+        # own connections"): a claim never queues for a connection behind receipt and accept writes. Opened on
+        # first use, so a process without the timers role holds none.
+        timer_db = await connect_database(settings, dsn, min_size=0, max_size=2)
+        stack.push_async_callback(timer_db.close)
+        timer_svc = service.Service(
+            timer_db,
+            sms_template=settings.sms_template,
+            timer_scale=svc.timer_scale,
+            reconcile_delay_s=settings.reconcile_delay_s,
+            feed=feed,
+        )
+        timer_svc.guard_config = svc.guard_config
         limiter = ratelimit.RateLimiter(
             db, name="cams", rate=settings.send_rate, headroom=settings.send_burst
         )
@@ -288,7 +301,7 @@ async def serve(
             lease_s=send_lease,
         )
         timer = loops.TimerLoop(
-            svc,
+            timer_svc,
             sms,
             batch=settings.fire_batch,
             lease_s=settings.firing_lease_s,

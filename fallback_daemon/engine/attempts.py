@@ -56,6 +56,13 @@ class Attempts(Outcomes):
     async def mark_sms_started(self, message_id: uuid.UUID, attempt: int) -> bool:
         return await self.db.fetchval(Q["mark_sms_started"], message_id, attempt) is not None
 
+    async def mark_sms_batch_started(self, sms: Sequence[model.FallbackSms]) -> set[uuid.UUID]:
+        """mark_sms_started for a whole timer claim (one round trip); returns the ids marked."""
+        if not sms:
+            return set()
+        rows = await self.db.fetch(Q["mark_sms_batch_started"], [s.id for s in sms], [s.attempt for s in sms])
+        return {r["id"] for r in rows}
+
     async def sms_not_needed(self, message_id: uuid.UUID, attempt: int) -> bool:
         """This attempt's SMS was not written and the chat succeeded meanwhile: cancel it (SmsNotNeeded)."""
         async with self.db.transaction() as conn:

@@ -322,11 +322,15 @@ class GuardStore:
             now = dt.datetime.fromtimestamp(rows[0]["now"], dt.UTC)
             day = rows[0]["budget_day"]
             spaces = sorted({c.space for c in candidates if c.space})
+            # No budget at all (the common case): nothing to lock, one round trip fewer per claim.
+            budget_rows = (
+                await conn.fetch(Q["lock_budget_usage"], sorted({c.to for c in candidates}), spaces, day)
+                if rows[0]["budgeted"]
+                else []
+            )
             budgets = [
                 Budget(scope=b["scope"], key=b["key"], limit=b["daily_limit"], used=b["used"])
-                for b in await conn.fetch(
-                    Q["lock_budget_usage"], sorted({c.to for c in candidates}), spaces, day
-                )
+                for b in budget_rows
             ]
             verdicts, spent = decide(candidates, budgets, self.config, now)
             keys = sorted(spent)

@@ -383,26 +383,56 @@ class TimerLoop:
                 writer_done.set()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                rows = await self.svc.claim_due(self.batch, self.lease_s)
-                for row in rows:
-                    await self.submit(row)
-                retries = await self.svc.claim_sms_retries(self.batch, self.lease_s)
-                for row in retries:
-                    metrics.recovered.labels("sms_retry").inc()
-                    await self.pool.submit(functools.partial(self._send_sms, row))
-                if len(rows) == self.batch or len(retries) == self.batch:
-                    continue  # more are due right now
-                delay = await self.svc.next_due_in()
-            except errors.StoreError as exc:
-                log.warning("timer_claim_failed", error=str(exc))
-                delay = None
-            # Timers are >= 60 s out, so sleeping until the next due time (capped) keeps lateness low.
-            sleep = self.max_sleep_s if delay is None else min(self.max_sleep_s, max(0.0, delay))
-            await wait_any(stop, self.wake, sleep)
+        # A claim's hand-off (its in-flight marks, then a free SMS slot per row) runs while this pass goes on
+        # to the retries and the next due time: only the claim itself is on the path of the next timer. It is
+        # awaited before the next claim, so no more than one claim waits for SMS slots (a fallback claimed
+        # early could no longer be cancelled by a success receipt).
+        dispatch: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    if dispatch is not None:
+                        await dispatch
+                        dispatch = None
+                    rows = await self.svc.claim_due(self.batch, self.lease_s)
+                    if rows:
+                        dispatch = asyncio.create_task(self._submit_claimed(rows), name="timer-dispatch")
+                    retries = await self.svc.claim_sms_retries(self.batch, self.lease_s)
+                    for row in retries:
+                        metrics.recovered.labels("sms_retry").inc()
+                        await self.pool.submit(functools.partial(self._send_sms, row))
+                    if len(rows) == self.batch or len(retries) == self.batch:
+                        continue  # more are due right now
+                    delay = await self.svc.next_due_in()
+                except errors.StoreError as exc:
+                    log.warning("timer_claim_failed", error=str(exc))
+                    delay = None
+                # Timers are >= 60 s out, so sleeping until the next due time (capped) keeps lateness low.
+                sleep = self.max_sleep_s if delay is None else min(self.max_sleep_s, max(0.0, delay))
+                await wait_any(stop, self.wake, sleep)
+        finally:
+            if dispatch is not None:  # a claim is never left unsubmitted (pool.drain then waits for its SMS)
+                await dispatch
 
-    async def submit(self, row: model.FallbackSms, *, resend: bool = False) -> None:
+    async def _submit_claimed(self, rows: list[model.FallbackSms]) -> None:
+        """Submit one claim's fresh firings, their in-flight marks written first in one round trip.
+
+        As with sends, the mark comes before the wait for a free SMS slot: a crash in between leaves a mark
+        that the recovery sweep resolves by asking the provider (absent: sent again). A row the batch did not
+        mark (the chat succeeded since the claim, or the claim was lost) takes the per-row path, which finds
+        out which and records it.
+        """
+        fresh = [row for row in rows if not row.held]
+        try:
+            marked = await self.svc.mark_sms_batch_started(fresh)
+        except errors.StoreError as exc:  # each row tries its own mark (and handles its failure) instead
+            log.warning("sms_mark_failed", error=str(exc), count=len(fresh))
+            marked = set()
+        for row in rows:
+            await self.submit(row, marked=row.id in marked)
+
+    async def submit(self, row: model.FallbackSms, *, resend: bool = False, marked: bool = False) -> None:
+        """Send a claimed fallback's SMS (`marked`: its in-flight mark is already committed)."""
         if resend:
             metrics.recovered.labels("resend").inc()
             await self.pool.submit(lambda: self._send_sms(row))
@@ -422,14 +452,14 @@ class TimerLoop:
         )
         if row.lateness_s is not None and row.fire_reason == "timeout":
             metrics.timer_lateness.observe(max(0.0, row.lateness_s))
-        await self.pool.submit(lambda: self._send_sms(row))
+        await self.pool.submit(lambda: self._send_sms(row, marked=marked))
 
-    async def _send_sms(self, row: model.FallbackSms) -> None:
+    async def _send_sms(self, row: model.FallbackSms, *, marked: bool = False) -> None:
         mid, attempt = row.id, row.attempt
         # A router picks the provider per To prefix / channel; the event then names the provider that sent it.
         gateway = self.sms.route(to=row.to, channel=row.channel)
         try:
-            if not await self.svc.mark_sms_started(mid, attempt):
+            if not marked and not await self.svc.mark_sms_started(mid, attempt):
                 # Either the chat succeeded since the firing (the SMS is not needed any more) or the claim was
                 # lost to the recovery sweep / another replica.
                 if await self.svc.sms_not_needed(mid, attempt):

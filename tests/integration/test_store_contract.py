@@ -6,6 +6,7 @@ in core.sql: these scenarios run against both and compare the observable states 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -139,3 +140,25 @@ async def test_a_success_since_the_firing_makes_the_sms_not_needed(h: Any) -> No
     assert await h.s.sms_not_needed(mid, f.attempt)
     assert (await h.state(mid))[:2] == ("read", "cancelled")
     assert not await h.double(mid), "no SMS went out: not a double delivery"
+
+
+async def test_a_claims_batch_mark_fences_and_skips_a_satisfied_chat(h: Any) -> None:
+    """mark_sms_batch_started marks exactly what mark_sms_started would, row by row, in one write."""
+    mids = [await h.new() for _ in range(3)]
+    await h.s.claim_sends(10, 60)
+    await h.s.apply(
+        [
+            service.Outcome(message_id=m, event=policy.SendOk(), provider_message_id=f"pb{i}")
+            for i, m in enumerate(mids)
+        ]
+    )
+    await h.expire()
+    claimed = sorted(await h.s.claim_due(10, 60), key=lambda f: mids.index(f.id))
+    assert [f.id for f in claimed] == mids
+    read, stale, fresh = claimed
+    await h.s.apply([service.Outcome(message_id=read.id, event=policy.ChatReceipt(model.ReceiptStatus.READ))])
+    stale_token = dataclasses.replace(stale, attempt=stale.attempt + 1)
+    assert await h.s.mark_sms_batch_started([read, stale_token, fresh]) == {fresh.id}
+    assert not await h.s.mark_sms_started(fresh.id, fresh.attempt), "already in flight"
+    assert await h.s.mark_sms_started(stale.id, stale.attempt), "an unmarked row keeps its own claim"
+    assert await h.s.mark_sms_batch_started([]) == set()

@@ -223,6 +223,9 @@ class MemoryStore:
             return True
         return False
 
+    async def mark_sms_batch_started(self, sms: Sequence[model.FallbackSms]) -> set[uuid.UUID]:
+        return {s.id for s in sms if await self.mark_sms_started(s.id, s.attempt)}
+
     async def sms_not_needed(self, message_id: uuid.UUID, attempt: int) -> bool:
         self._check()
         r = self.rows[message_id]

@@ -208,6 +208,123 @@ async def test_timer_records_a_lost_sms_answer_at_once() -> None:
     assert row.sms_started_at is not None, "still in flight: recovery decides"
 
 
+async def test_timer_marks_a_claim_in_one_write_before_any_sms() -> None:
+    """Fresh firings are marked in flight as one batch, and every SMS goes out only after its mark."""
+    store = MemoryStore()
+    rows = [store.add(chat=C.SENT, due_at=0.0) for _ in range(3)]
+    sms = ScriptedSms()
+    batches: list[int] = []
+    singles: list[uuid.UUID] = []
+    marked_at_send: list[float | None] = []
+    real_single, real_send = store.mark_sms_started, sms.send
+
+    async def batch(claimed: Any) -> set[uuid.UUID]:
+        batches.append(len(claimed))
+        return {c.id for c in claimed if await real_single(c.id, c.attempt)}
+
+    async def single(mid: uuid.UUID, attempt: int) -> bool:
+        singles.append(mid)
+        return await real_single(mid, attempt)
+
+    async def send(**kw: Any) -> str:
+        marked_at_send.append(store.rows[uuid.UUID(kw["fallback_id"])].sms_started_at)
+        return await real_send(**kw)
+
+    store.mark_sms_batch_started = batch  # type: ignore[method-assign]
+    store.mark_sms_started = single  # type: ignore[method-assign]
+    sms.send = send  # type: ignore[method-assign]
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        await until(lambda: all(r.fallback is F.SMS_SENT for r in rows), "the three SMS to be recorded")
+    assert batches == [3]
+    assert singles == [], "a freshly claimed SMS was not marked again one by one"
+    assert marked_at_send == [0.0, 0.0, 0.0]
+
+
+async def test_timer_looks_for_retries_while_a_claim_is_handed_off_but_claims_again_only_after() -> None:
+    """The batch mark is off the next timer's path (the pass goes on to the retries while it is in flight),
+    and the next claim waits for the previous claim's hand-off (no pile of claimed, unsent fallbacks)."""
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    release = asyncio.Event()
+    log: list[str] = []
+    real_batch, real_claim, real_retries = (
+        store.mark_sms_batch_started,
+        store.claim_due,
+        store.claim_sms_retries,
+    )
+
+    async def batch(claimed: Any) -> set[uuid.UUID]:
+        log.append("mark")
+        await release.wait()
+        log.append("marked")
+        return await real_batch(claimed)
+
+    async def claim(limit: int, lease_s: float) -> Any:
+        log.append("claim")
+        return await real_claim(limit, lease_s)
+
+    async def retries(limit: int, lease_s: float) -> Any:
+        log.append("retries")
+        return await real_retries(limit, lease_s)
+
+    store.mark_sms_batch_started = batch  # type: ignore[method-assign]
+    store.claim_due = claim  # type: ignore[method-assign]
+    store.claim_sms_retries = retries  # type: ignore[method-assign]
+    sms = ScriptedSms()
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        await until(lambda: "retries" in log and "mark" in log, "the pass to reach the retries")
+        assert "marked" not in log, "the retries waited for the mark"
+        # An absence check, not a synchronisation: a loop that did not wait for the hand-off would run dozens
+        # of 1-ms passes (and claims) in this window.
+        await asyncio.sleep(0.05)
+        assert log.count("claim") == 1, "claimed again before the previous claim was handed off"
+        release.set()
+        await until(lambda: row.fallback is F.SMS_SENT, "the SMS to be recorded")
+        await until(lambda: log.count("claim") > 1, "the next claim")
+    assert log.index("marked") < [i for i, e in enumerate(log) if e == "claim"][1]
+
+
+async def test_timer_does_not_send_when_the_chat_succeeded_before_the_batch_mark() -> None:
+    """A Read receipt between the claim and the batch mark: no SMS, the fallback is cancelled."""
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    sms = ScriptedSms()
+    real_batch = store.mark_sms_batch_started
+
+    async def read_first(claimed: Any) -> set[uuid.UUID]:
+        await store.apply([service.Outcome(message_id=row.id, event=loops.policy.ChatReceipt(R.READ))])
+        return await real_batch(claimed)
+
+    store.mark_sms_batch_started = read_first  # type: ignore[method-assign]
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        await until(lambda: row.fallback is F.CANCELLED, "the fallback to stand down")
+    assert sms.calls == 0
+    assert "sms_not_needed" in store.kinds(row.id)
+
+
+async def test_timer_sends_when_the_batch_mark_fails() -> None:
+    """The batch mark hits a database error: each SMS takes its own mark before it is sent."""
+    store = MemoryStore()
+    row = store.add(chat=C.SENT, due_at=0.0)
+    sms = ScriptedSms()
+    marked_at_send: list[float | None] = []
+    real_send = sms.send
+
+    async def broken(claimed: Any) -> set[uuid.UUID]:
+        raise loops.errors.StoreError("connection lost")
+
+    async def send(**kw: Any) -> str:
+        marked_at_send.append(store.rows[uuid.UUID(kw["fallback_id"])].sms_started_at)
+        return await real_send(**kw)
+
+    store.mark_sms_batch_started = broken  # type: ignore[method-assign]
+    sms.send = send  # type: ignore[method-assign]
+    async with running(lambda stop: timer(store, sms).run(stop, 1.0)):
+        await until(lambda: row.fallback is F.SMS_SENT, "the SMS to be recorded")
+    assert sms.received == [str(row.id)]
+    assert marked_at_send == [0.0], "marked in flight by its own write before the request"
+
+
 # ---- recovery -------------------------------------------------------------------------------------------
 async def _in_flight_sms(store: MemoryStore) -> Any:
     row = store.add(chat=C.SENT, due_at=0.0)

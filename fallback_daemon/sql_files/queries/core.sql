@@ -187,7 +187,8 @@ ORDER BY id FOR UPDATE;
 -- $1 limit int, $2 budget time zone text. Locks due armed fallbacks (FOR UPDATE SKIP LOCKED, earliest due first)
 -- with what the guards look at; the caller (guards.GuardStore.claim_due) decides and writes the at-most-once
 -- armed -> firing transition (apply_guard_verdicts) in the same transaction. Also returns the database clock and
--- today's budget day in that zone.
+-- today's budget day in that zone, and whether any budget exists (a budget set while this statement runs
+-- counts from the next claim on).
 WITH due AS (
     SELECT id, channel, to_number, fire_reason, urgent, due_at, last_error, params->>'CustSpaceId' AS space
     FROM messages
@@ -207,7 +208,9 @@ SELECT due.id, due.channel, due.to_number, due.fire_reason, due.urgent, due.spac
             WHERE r.message_id = due.id AND r.kind = 'chatapp' AND r.status = 'Failed'
             ORDER BY r.id DESC LIMIT 1) END AS receipt_error,
        extract(epoch FROM now())::float8 AS now,
-       (now() AT TIME ZONE $2::text)::date AS budget_day
+       (now() AT TIME ZONE $2::text)::date AS budget_day,
+       -- whether any SMS budget exists: without one the claim skips lock_budget_usage (one round trip)
+       EXISTS (SELECT 1 FROM sms_budgets) AS budgeted
 FROM due LEFT JOIN feed_health g ON g.channel = due.channel AND g.gate_closed
 ORDER BY due.due_at, due.id;
 
@@ -228,6 +231,19 @@ WHERE id = $1 AND fallback_state = 'firing' AND sms_attempts = $2 AND sms_starte
   -- the SMS is not needed any more; the loop then records SmsNotNeeded instead of sending.
   AND NOT (chat_state = 'read' OR (chat_state = 'delivered' AND fallback_rule <> 'unread'))
 RETURNING id;
+
+-- name: mark_sms_batch_started --
+-- $1 ids uuid[], $2 sms_attempts int[] (fencing tokens). mark_sms_started for a whole timer claim in one round
+-- trip (the fresh firings of one claim_due pass), same conditions; locks in id order. Returns the ids marked.
+WITH l AS (
+    SELECT m.id FROM messages m JOIN unnest($1::uuid[], $2::int[]) AS u(id, attempt) ON m.id = u.id
+    WHERE m.fallback_state = 'firing' AND m.sms_attempts = u.attempt AND m.sms_started_at IS NULL
+      AND m.fire_lease_until > now()
+      AND NOT (m.chat_state = 'read' OR (m.chat_state = 'delivered' AND m.fallback_rule <> 'unread'))
+    ORDER BY m.id FOR UPDATE OF m
+)
+UPDATE messages m SET sms_started_at = now() FROM l WHERE m.id = l.id
+RETURNING m.id;
 
 -- name: lock_unstarted_firing --
 -- $1 id uuid, $2 sms_attempts int. The firing row as lock_messages returns it, if this attempt still owns it
