@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -137,6 +138,12 @@ def table(results: list[harness.Result]) -> str:
 
 
 async def main(args: argparse.Namespace) -> int:
+    # SIGTERM (a `kill`, a CI timeout) unwinds the scenarios like Ctrl-C does, so the daemons and sandboxes
+    # they started are stopped: a daemon left running from a killed run keeps claiming in the next run's
+    # database of the same name (seen: two later steady runs timed out waiting for their send backlog).
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     started = time.time()
     external = os.environ.get("DATABASE_URL")
     dsn = external or await embedded.start(DATA_DIR)
@@ -195,4 +202,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse(None))))
+    try:
+        sys.exit(asyncio.run(main(parse(None))))
+    except asyncio.CancelledError:
+        sys.exit(143)  # stopped by SIGTERM, after the processes it started were stopped
