@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 import uuid
@@ -262,12 +263,17 @@ class Ingest(Outcomes):
         metrics.receipts_parked.labels(kind.value).inc(max(0, result.parked))
         metrics.double_delivered.inc(result.double_delivered)
         now = time.time()
-        for r in chat:
-            metrics.receipts.labels(kind.value, source, metrics.receipt_status(r.status.value)).inc()
-            if r.timestamp is not None:
-                metrics.receipt_lag.labels(source).observe(max(0.0, now - r.timestamp.timestamp()))
-        for s in sms:  # SmsStatus delivered | failed | pending (in progress or unknown: `other`)
-            metrics.receipts.labels(kind.value, source, metrics.receipt_status(s.status.value)).inc()
+        # Counted per status, then one labelled child per status: `labels()` per receipt was ~5 % of the CPU
+        # of a 100-receipt push.
+        statuses = collections.Counter(r.status.value for r in chat)
+        statuses.update(s.status.value for s in sms)  # SmsStatus delivered | failed | pending (`other`)
+        for status, n in statuses.items():
+            metrics.receipts.labels(kind.value, source, metrics.receipt_status(status)).inc(n)
+        if chat:
+            lag = metrics.receipt_lag.labels(source)
+            for r in chat:
+                if r.timestamp is not None:
+                    lag.observe(max(0.0, now - r.timestamp.timestamp()))
         for d in decisions:
             if d.outcome in ("sms_delivered", "sms_failed"):
                 metrics.fallback_sms.labels(d.outcome.removeprefix("sms_")).inc()

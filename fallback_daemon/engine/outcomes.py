@@ -37,17 +37,33 @@ class Outcome:
     hold_reason: str | None = None
 
 
+# Value -> member, looked up per locked row: a dict is ~20x cheaper than the Enum call (EnumType.__call__)
+# and this runs for every receipt and outcome. An unknown value still raises (KeyError, as the call's
+# ValueError would: the database's CHECK constraints make it impossible).
+_CHAT = {s.value: s for s in ChatState}
+_FALLBACK = {s.value: s for s in FallbackState}
+_RULE = {s.value: s for s in model.Rule}
+
+
 def _state(row: Row) -> policy.State:
     return policy.State(
-        chat=ChatState(row["chat_state"]),
-        fallback=FallbackState(row["fallback_state"]),
-        rule=model.Rule(row["fallback_rule"]),
+        chat=_CHAT[row["chat_state"]],
+        fallback=_FALLBACK[row["fallback_state"]],
+        rule=_RULE[row["fallback_rule"]],
         double_delivered=row["double_delivered"],
     )
 
 
+_KINDS: dict[str, str] = {}  # event class name -> timeline kind (a regex per outcome was measurable)
+
+
 def _event_name(event: policy.Event) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(event).__name__).lower()
+    """The event's timeline kind: its class name in snake case (`ChatReceipt` -> `chat_receipt`)."""
+    name = type(event).__name__
+    kind = _KINDS.get(name)
+    if kind is None:
+        kind = _KINDS[name] = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    return kind
 
 
 class Outcomes:

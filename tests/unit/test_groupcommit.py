@@ -158,3 +158,43 @@ async def test_each_caller_gets_the_result_for_its_own_part() -> None:
     await asyncio.sleep(0)
     release.set()
     assert [await first, *[await t for t in rest]] == ["a", "b+c", "d"]
+
+
+async def test_a_big_caller_is_written_alone_at_once_beside_a_busy_writer() -> None:
+    """solo_from: a push that already fills its statements gets its own transaction, without waiting."""
+    rec = Recorder()
+    rec.release.clear()
+    group: GroupCommit[str, str] = GroupCommit(rec.apply, name="t", writers=1, solo_from=3)
+    small = asyncio.create_task(group.submit(["a"]))
+    await rec.entered.wait()  # the only writer is busy (held open)
+    rec.entered.clear()
+    big = asyncio.create_task(group.submit(["b", "c", "d"]))
+    await asyncio.wait_for(rec.entered.wait(), 10)  # a second transaction opened while the first is held
+    assert rec.calls == [[["a"]], [["b", "c", "d"]]]
+    queued = asyncio.create_task(group.submit(["e"]))
+    await asyncio.sleep(0)
+    rec.release.set()
+    await asyncio.gather(small, big, queued)
+    assert rec.calls[2] == [["e"]], "a small caller still waits for the writer"
+
+
+async def test_a_big_caller_that_goes_away_still_has_its_items_written() -> None:
+    rec = Recorder()
+    rec.release.clear()
+    finished: list[list[list[str]]] = []
+    real = rec.apply
+
+    async def apply(parts: list[Sequence[str]]) -> list[str]:
+        result = await real(parts)
+        finished.append([list(p) for p in parts])
+        return result
+
+    group: GroupCommit[str, str] = GroupCommit(apply, name="t", writers=1, solo_from=2)
+    gone = asyncio.create_task(group.submit(["a", "b"]))
+    await rec.entered.wait()
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    rec.release.set()
+    assert await group.submit(["c", "d"]) == "tx2"
+    assert finished[0] == [["a", "b"]], "the abandoned caller's write ran to its end"
