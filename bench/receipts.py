@@ -27,6 +27,9 @@ from fallback_daemon.db import sql
 
 CONCURRENCY = 8
 PER_PUSH = 100
+# MNS consumer poller counts measured (the last one carries the >= 5,000/s target): the consumer is bound by
+# round trips, not CPU, so receipts/s grows with concurrent long polls (FALLBACK_MNS_POLLERS, default 2).
+MNS_POLLERS = (4, 16)
 CORE = sql.queries
 
 
@@ -222,7 +225,7 @@ async def mns(b: harness.Bench, result: harness.Result) -> None:
         "--receipts",
         str(count),
         "--pollers",
-        "4",
+        *[str(n) for n in MNS_POLLERS],
         "--batch",
         "16",
         cwd=harness.ROOT,
@@ -243,9 +246,13 @@ async def mns(b: harness.Bench, result: harness.Result) -> None:
         )
         return
     result.details["mns_receipts_per_s"] = rates[-1]
-    result.add(
-        name=f"MNS receipts ({count}, batches of 16, 4 pollers)",
-        unit="receipts/s",
-        daemon=rates[-1],
-        note="bench.mns_ingest (Alicom mode, sandbox MNS)",
-    )
+    result.details["mns_receipts_per_s_by_pollers"] = dict(zip(MNS_POLLERS, rates, strict=False))
+    for pollers, rate in zip(MNS_POLLERS, rates, strict=False):
+        result.add(
+            name=f"MNS receipts ({count}, batches of 16, {pollers} pollers)",
+            unit="receipts/s",
+            daemon=rate,
+            target=">= 5,000/s" if pollers == MNS_POLLERS[-1] else "",
+            ok=rate >= 5000 if pollers == MNS_POLLERS[-1] else None,
+            note="bench.mns_ingest (Alicom mode, sandbox MNS; FALLBACK_MNS_POLLERS sets the daemon's count)",
+        )
