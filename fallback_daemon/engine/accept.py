@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import re
 import time
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -40,28 +41,82 @@ def fill_template(template: str, params: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: params.get(m.group(1), ""), template)
 
 
+class Post(typing.NamedTuple):
+    """One POST /v1/messages: the request, its scoped Idempotency-Key and the digest of its body (or None)."""
+
+    req: model.SendRequest
+    key: str | None
+    request_hash: str | None
+
+
 class Accept(Outcomes):
     sms_template: str | None
     timer_scale: float
     _notified_at: float
     _trailing: asyncio.Task[None] | None
-    _posts: GroupCommit[model.SendRequest, Accepted] | None
+    _posts: GroupCommit[Post, Accepted] | None
 
-    async def accept_post(self, req: model.SendRequest) -> Accepted:
-        """One POST without an Idempotency-Key: inserted in one statement with the POSTs that arrive while
-        the inserts in flight commit (group commit, engine/groupcommit.py); answered after that commit.
+    async def accept_post(
+        self, req: model.SendRequest, key: str | None = None, request_hash: str | None = None
+    ) -> Accepted:
+        """One POST: inserted in one statement with the POSTs that arrive while the inserts in flight commit
+        (group commit, engine/groupcommit.py); answered after that commit.
 
-        Each insert is a commit and its WAL flush; POSTs arriving together share one. Keyed POSTs keep their
-        own statement (their request digest is checked per key).
+        Each insert is a commit and its WAL flush; POSTs arriving together share one. A keyed POST is
+        grouped too (`key`, with the digest of its body): its key is checked on its own, so a key stored for
+        another body refuses that POST alone (errors.IdempotencyMismatch) and the others in its group are
+        stored and answered as if each had been written alone.
         """
         if self._posts is None:
 
-            async def apply(parts: list[Sequence[model.SendRequest]]) -> list[Accepted]:
-                reqs = [r for part in parts for r in part]
-                return await self.accept(reqs, [None] * len(reqs))  # one request per part
+            async def apply(parts: list[Sequence[Post]]) -> list[Accepted | Exception]:
+                return await self._accept_posts([post for part in parts for post in part])  # one per part
 
             self._posts = GroupCommit(apply, name="accept", writers=2)
-        return await self._posts.submit([req])
+        return await self._posts.submit([Post(req, key, request_hash)])
+
+    async def _accept_posts(self, posts: Sequence[Post]) -> list[Accepted | Exception]:
+        """The POSTs of one group in one insert statement; one result (or refusal) per POST, in order.
+
+        Nothing raises once the insert committed: GroupCommit retries the callers of a group that raised one
+        by one, which would store an unkeyed POST twice. A lookup of keys stored earlier that fails fails
+        only the POSTs whose key needed it. A key sent twice in one group is inserted once: the first POST
+        with the stored body is the one that created it, the others are replays of it (or refused).
+        """
+        inserted = await self._insert(
+            [p.req for p in posts], [p.key for p in posts], [p.request_hash for p in posts]
+        )
+        by_key = {r["idempotency_key"]: r for r in inserted if r["idempotency_key"] is not None}
+        fresh = iter(r for r in inserted if r["idempotency_key"] is None)
+        creator: dict[str, Post] = {}
+        for post in posts:
+            row = None if post.key is None else by_key.get(post.key)
+            if row is not None and post.key not in creator and row["request_hash"] == post.request_hash:
+                creator[str(post.key)] = post
+        missing = sorted({p.key for p in posts if p.key is not None and p.key not in by_key})
+        stored: dict[str, asyncpg.Record] = {}
+        lookup_error: Exception | None = None
+        if missing:
+            try:
+                rows = await self.db.fetch(Q["messages_by_idempotency_keys"], missing)
+            except errors.StoreError as exc:
+                lookup_error = exc
+            else:
+                stored = {r["idempotency_key"]: r for r in rows}
+        results: list[Accepted | Exception] = []
+        for post in posts:
+            if post.key is None:
+                results.append(_created(next(fresh)))
+            elif creator.get(post.key) is post:
+                results.append(_created(by_key[post.key]))
+            elif (row := by_key.get(post.key) or stored.get(post.key)) is not None:
+                try:
+                    results.append(_replay(row, post.request_hash))
+                except errors.IdempotencyMismatch as exc:
+                    results.append(exc)
+            else:
+                results.append(lookup_error or errors.StoreError(f"Idempotency-Key {post.key!r} vanished"))
+        return results
 
     def sms_text(self, req: model.SendRequest) -> str | None:
         if req.fallback_content:
@@ -84,8 +139,37 @@ class Accept(Outcomes):
                 row. A key already stored with another digest raises errors.IdempotencyMismatch, and nothing
                 of this call is stored. A replay answers with the message's current state.
         """
+        hashes = [None if key is None else request_hash for key in keys]
+        # A key that conflicted belongs to a row that is committed by now (ON CONFLICT waits for its
+        # inserter). A keyed batch runs in a transaction: if one of its keys turns out to belong to another
+        # request, the items inserted beside it are rolled back with the refusal.
+        keyed = [k for k in keys if k is not None]
+        if len(keyed) > 1:
+            async with self.db.transaction() as conn:
+                inserted = await self._insert(requests, keys, hashes, conn.fetch)
+                existing = await _replayed(conn.fetch, inserted, keyed, request_hash)
+        else:
+            inserted = await self._insert(requests, keys, hashes)
+            existing = await _replayed(self.db.fetch, inserted, keyed, request_hash)
+        by_key = {r["idempotency_key"]: r for r in inserted if r["idempotency_key"] is not None}
+        fresh = iter(r for r in inserted if r["idempotency_key"] is None)
+        result = []
+        for key in keys:
+            new = next(fresh) if key is None else by_key.get(key)
+            # A key this call did not insert is in `existing` (None always inserts).
+            result.append(_created(new) if new is not None else _replay(existing[str(key)], None))
+        return result
+
+    async def _insert(
+        self,
+        requests: Sequence[model.SendRequest],
+        keys: Sequence[str | None],
+        hashes: Sequence[str | None],
+        fetch: Callable[..., Awaitable[list[asyncpg.Record]]] | None = None,
+    ) -> list[asyncpg.Record]:
+        """One insert_messages statement (messages, their events, the NOTIFY): the rows it inserted."""
         cols: list[list[Any]] = [[] for _ in range(12)]
-        for req, key in zip(requests, keys, strict=True):
+        for req, key, digest in zip(requests, keys, hashes, strict=True):
             text = self.sms_text(req)
             fb = policy.initial_fallback(has_sms=text is not None)
             timer = policy.timer_seconds(req.rule, req.duration_s)
@@ -101,44 +185,16 @@ class Accept(Outcomes):
                 text,
                 fb.value,
                 None if timer is None else timer * self.timer_scale,
-                None if key is None else request_hash,
+                None if key is None else digest,
             ]
             for col, value in zip(cols, row, strict=True):
                 col.append(value)
         urgent = [req.urgent for req in requests]  # $14: FallBackUrgent (quiet hours do not hold it)
-        # One statement (messages, their events and the NOTIFY) is one transaction and one round trip. A key
-        # that conflicted belongs to a row that is committed by now (ON CONFLICT waits for its inserter). A
-        # keyed batch runs in a transaction instead: if one of its keys turns out to belong to another
-        # request, the items inserted beside it are rolled back with the refusal.
         channel = store.CHANNEL_SEND if self._notify_now() else None
-        keyed = [k for k in keys if k is not None]
-        if len(keyed) > 1:
-            async with self.db.transaction() as conn:
-                inserted = await conn.fetch(Q["insert_messages"], *cols, channel, urgent)
-                existing = await _replayed(conn.fetch, inserted, keyed, request_hash)
-        else:
-            inserted = await self.db.fetch(Q["insert_messages"], *cols, channel, urgent)
-            existing = await _replayed(self.db.fetch, inserted, keyed, request_hash)
+        inserted = await (fetch or self.db.fetch)(Q["insert_messages"], *cols, channel, urgent)
         if inserted and channel is None:
             self._notify_soon()
-        by_key = {r["idempotency_key"]: r for r in inserted if r["idempotency_key"] is not None}
-        fresh = iter(r for r in inserted if r["idempotency_key"] is None)
-        result = []
-        for key in keys:
-            new = next(fresh) if key is None else by_key.get(key)
-            if new is not None:
-                result.append(Accepted(id=new["id"], created=True, fallback_state=new["fallback_state"]))
-            else:
-                old = existing[str(key)]  # a key this call did not insert (None always inserts)
-                result.append(
-                    Accepted(
-                        id=old["id"],
-                        created=False,
-                        chat_state=old["chat_state"],
-                        fallback_state=old["fallback_state"],
-                    )
-                )
-        return result
+        return inserted
 
     def _notify_now(self) -> bool:
         """Whether this accept should NOTIFY the senders itself: at most once per NOTIFY_EVERY_S.
@@ -181,10 +237,22 @@ async def _replayed(
         return {}
     rows = {r["idempotency_key"]: r for r in await fetch(Q["messages_by_idempotency_keys"], missing)}
     for key in missing:
-        stored = rows[key]["request_hash"]
-        if request_hash is not None and stored is not None and stored != request_hash:
-            raise errors.IdempotencyMismatch(
-                f"Idempotency-Key was first used with a different request body (message {rows[key]['id']});"
-                " send a new request with a new key"
-            )
+        _replay(rows[key], request_hash)  # raises for a key stored with another body
     return rows
+
+
+def _created(row: asyncpg.Record) -> Accepted:
+    return Accepted(id=row["id"], created=True, fallback_state=row["fallback_state"])
+
+
+def _replay(row: asyncpg.Record, request_hash: str | None) -> Accepted:
+    """The message a key already names, as it is now; refused if the key was stored with another body."""
+    stored = row["request_hash"]
+    if request_hash is not None and stored is not None and stored != request_hash:
+        raise errors.IdempotencyMismatch(
+            f"Idempotency-Key was first used with a different request body (message {row['id']});"
+            " send a new request with a new key"
+        )
+    return Accepted(
+        id=row["id"], created=False, chat_state=row["chat_state"], fallback_state=row["fallback_state"]
+    )

@@ -30,7 +30,9 @@ class GroupCommit(Generic[T, R]):
 
     Args:
         apply: writes the items of one or more callers (a list per caller) in one transaction and returns
-            one result per caller, in their order.
+            one result per caller, in their order. A result that is an exception is raised to that caller
+            alone (its items were refused; the others' committed): a group that raises is retried caller by
+            caller, so `apply` must not raise once it has committed anything.
         writers: transactions in progress at once. More than one lets one writer's Python work overlap
             another's statements in Postgres; callers are grouped only when every writer is busy.
         max_items: a group takes callers until their items exceed this (a caller is never split).
@@ -42,7 +44,7 @@ class GroupCommit(Generic[T, R]):
 
     def __init__(
         self,
-        apply: Callable[[list[Sequence[T]]], Awaitable[Sequence[R]]],
+        apply: Callable[[list[Sequence[T]]], Awaitable[Sequence[R | Exception]]],
         *,
         name: str,
         writers: int = 4,
@@ -62,6 +64,8 @@ class GroupCommit(Generic[T, R]):
         if len(items) >= self._solo:
             # Shielded like a grouped write: a caller that goes away does not roll its commit back.
             [result] = await asyncio.shield(self._apply([items]))
+            if isinstance(result, Exception):
+                raise result
             return result
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((items, fut))

@@ -83,12 +83,9 @@ async def post_message(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await read_json(request)
     req = validation.validate_send(body)
-    svc = request.app[keys.SERVICE]
-    if key is None:
-        accepted = await svc.accept_post(req)  # group-committed with the POSTs arriving beside it
-    else:
-        digest = validation.request_digest(body)
-        [accepted] = await svc.accept([req], [single_key(key)], request_hash=digest)
+    digest = None if key is None else validation.request_digest(body)
+    # Group-committed with the POSTs arriving beside it; a key is checked for this POST alone.
+    accepted = await request.app[keys.SERVICE].accept_post(req, single_key(key), digest)
     return struct_response(accepted_view(accepted), status=202 if accepted.created else 200)
 
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from fallback_daemon.core import model, policy, receipts, validation
+from fallback_daemon.core import errors, model, policy, receipts, validation
 from fallback_daemon.db import store
 from fallback_daemon.engine import service
 
@@ -97,6 +97,42 @@ class TestAccept:
         # All twelve are queued before the first writer runs: one insert (created_at is its transaction's
         # start time), so the mapping of returned rows to callers is what the first assertion checked.
         assert await db.fetchval("SELECT count(DISTINCT created_at) FROM messages") == 1
+
+    async def test_keyed_posts_in_one_group_are_answered_each_as_if_alone(
+        self, svc: service.Service, db: store.Store
+    ) -> None:
+        """Keyed POSTs arriving together share one insert, and each key is judged for its own POST: a key
+        stored earlier with another body refuses only that POST, the same key twice in the group is one
+        message (created once, replayed once), and the same key with another body in the group is refused."""
+        [old] = await svc.accept([req(to="6590000001")], ["single:old"], request_hash="h-old")
+        posts = [
+            svc.accept_post(req(to="6591111111"), "single:a", "h-a"),
+            svc.accept_post(req(to="6592222222"), None, None),
+            svc.accept_post(req(to="6593333333"), "single:old", "h-other"),  # stored with h-old
+            svc.accept_post(req(to="6594444444"), "single:b", "h-b"),
+            svc.accept_post(req(to="6594444444"), "single:b", "h-b"),  # a retry racing its original
+            svc.accept_post(req(to="6595555555"), "single:b", "h-b2"),  # the key reused for another body
+            svc.accept_post(req(to="6590000001"), "single:old", "h-old"),  # a plain replay
+        ]
+        a, plain, refused, b1, b2, b_other, replay = await asyncio.gather(*posts, return_exceptions=True)
+        assert isinstance(refused, errors.IdempotencyMismatch)
+        assert isinstance(b_other, errors.IdempotencyMismatch)
+        assert isinstance(a, service.Accepted) and isinstance(plain, service.Accepted)
+        assert isinstance(b1, service.Accepted) and isinstance(b2, service.Accepted)
+        assert isinstance(replay, service.Accepted)
+        assert (a.created, plain.created, b1.created, b2.created, replay.created) == (
+            True,
+            True,
+            True,
+            False,
+            False,
+        )
+        assert (b2.id, replay.id) == (b1.id, old.id)
+        rows = {r["id"]: r["to_number"] for r in await db.fetch("SELECT id, to_number FROM messages")}
+        assert rows == {old.id: "6590000001", a.id: "6591111111", plain.id: "6592222222", b1.id: "6594444444"}
+        # All seven are queued before the first writer runs: one insert (created_at: its transaction's start).
+        new = "SELECT count(DISTINCT created_at) FROM messages WHERE id <> $1"
+        assert await db.fetchval(new, old.id) == 1
 
 
 class TestReceipts:

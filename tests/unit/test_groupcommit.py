@@ -198,3 +198,23 @@ async def test_a_big_caller_that_goes_away_still_has_its_items_written() -> None
     rec.release.set()
     assert await group.submit(["c", "d"]) == "tx2"
     assert finished[0] == [["a", "b"]], "the abandoned caller's write ran to its end"
+
+
+async def test_an_exception_returned_for_one_caller_is_raised_to_it_alone_without_a_retry() -> None:
+    """apply may refuse one caller's items by returning an exception in its place: that caller gets it, the
+    others their results, and the group is not rewritten caller by caller (its rows are committed)."""
+    calls: list[list[list[str]]] = []
+
+    async def apply(parts: list[Sequence[str]]) -> list[str | Exception]:
+        calls.append([list(p) for p in parts])
+        return [ValueError(p[0]) if p[0].startswith("no") else f"ok-{p[0]}" for p in parts]
+
+    group: GroupCommit[str, str] = GroupCommit(apply, name="t", writers=1, solo_from=3)
+    a, refused, b = await asyncio.gather(
+        group.submit(["a"]), group.submit(["no-1"]), group.submit(["b"]), return_exceptions=True
+    )
+    assert (a, b) == ("ok-a", "ok-b")
+    assert isinstance(refused, ValueError) and str(refused) == "no-1"
+    assert calls == [[["a"], ["no-1"], ["b"]]]
+    with pytest.raises(ValueError, match="no-big"):  # a caller written alone at once (solo_from)
+        await group.submit(["no-big", "x", "y"])

@@ -23,13 +23,13 @@ WITH input AS (
            request_hash, coalesce(urgent, false)
     FROM input
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, idempotency_key, fallback_state, due_at
+    RETURNING id, idempotency_key, chat_state, fallback_state, due_at, request_hash
 ), ev AS (
     INSERT INTO message_events (message_id, kind, detail)
     SELECT id, 'accepted', jsonb_build_object('fallback_state', fallback_state, 'due_at', due_at) FROM ins
 )
 -- The uncorrelated sub-select runs once, on the first row: one statement and one round trip per accept.
-SELECT id, idempotency_key, fallback_state,
+SELECT id, idempotency_key, chat_state, fallback_state, request_hash,
        (SELECT pg_notify($13::text, '') WHERE $13::text IS NOT NULL) AS notified
 FROM ins;
 
