@@ -7,7 +7,7 @@ CREATE TABLE IF NOT EXISTS raw_messages (LIKE messages INCLUDING ALL);
 
 -- name: truncate --
 -- CASCADE: tables other features add that reference messages (webhook_sequences, ...) are emptied with it.
-TRUNCATE messages, message_events, receipts, raw_messages CASCADE;
+TRUNCATE messages, message_events, receipts, webhook_sequences, raw_messages CASCADE;
 
 -- name: seed_armed --
 -- $1 count int, $2 first due (unix time) float8, $3 spread seconds float8 (row i is due at $2 + $3*i/$1),

@@ -199,7 +199,6 @@ CREATE TABLE message_events (
     at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     kind text NOT NULL,
     detail jsonb DEFAULT '{}'::jsonb NOT NULL,
-    CONSTRAINT message_events_message_id_fkey FOREIGN KEY (message_id) REFERENCES messages(id) ON DELETE CASCADE,
     CONSTRAINT message_events_pkey PRIMARY KEY (id)
 );
 CREATE INDEX message_events_at_brin ON public.message_events USING brin (at) WITH (autosummarize='on');
@@ -384,6 +383,5 @@ CREATE TABLE webhook_sequences (
     endpoint_id bigint NOT NULL,
     last_seq integer NOT NULL,
     CONSTRAINT webhook_sequences_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
-    CONSTRAINT webhook_sequences_message_id_fkey FOREIGN KEY (message_id) REFERENCES messages(id) ON DELETE CASCADE,
     CONSTRAINT webhook_sequences_pkey PRIMARY KEY (message_id, endpoint_id)
 );

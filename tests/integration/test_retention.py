@@ -48,8 +48,9 @@ async def receipt(
 
 
 async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: store.Store) -> None:
-    """Old finished messages (events, receipts), old parked receipts, old replayed dead letters and the SMS
-    budget counters of long-past days go."""
+    """Old finished messages (with their events, webhook sequences and receipts), old parked receipts, old
+    replayed dead letters and the SMS budget counters of long-past days go; the rows of kept messages stay.
+    Nothing cascades (migration 0010): the purge itself deletes what belongs to a message."""
     conn = await asyncpg.connect(db_dsn)
     try:
         done = [await message(conn, "read", "cancelled") for _ in range(5)]
@@ -67,6 +68,13 @@ async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: s
         ]
         await receipt(conn, "parked-old", None)
         await receipt(conn, "parked-new", None, old=False)
+        endpoint = await conn.fetchval(
+            "INSERT INTO webhook_endpoints (url, secret) VALUES ('http://127.0.0.1:9/h', 's') RETURNING id"
+        )
+        await conn.executemany(
+            "INSERT INTO webhook_sequences (message_id, endpoint_id, last_seq) VALUES ($1, $2, 1)",
+            [(mid, endpoint) for mid in [*done, *keep]],
+        )
         await conn.execute(
             "INSERT INTO dead_letters (source, queue, kind, body, error, received_at, replayed_at) VALUES"
             " ('mns', 'q', 'chatapp', 'x', 'e', now() - $1::interval, now() - $1::interval),"
@@ -89,9 +97,10 @@ async def test_sweep_purges_only_finished_old_rows_in_batches(db_dsn: str, db: s
         assert await conn.fetchval("SELECT used FROM sms_budget_usage") == 3
         left = {r["id"] for r in await conn.fetch("SELECT id FROM messages")}
         assert left == set(keep)
-        assert (
-            await conn.fetchval("SELECT count(*) FROM message_events WHERE message_id = ANY($1)", done) == 0
-        )
+        events = {r["message_id"] for r in await conn.fetch("SELECT message_id FROM message_events")}
+        assert events == set(keep)
+        sequences = {r["message_id"] for r in await conn.fetch("SELECT message_id FROM webhook_sequences")}
+        assert sequences == set(keep)
         assert [r["provider_id"] for r in await conn.fetch("SELECT provider_id FROM receipts")] == [
             "parked-new"
         ]

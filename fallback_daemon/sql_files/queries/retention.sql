@@ -6,7 +6,8 @@
 -- $1 retention window seconds float8, $2 batch int. Messages finished and untouched for the window: the chat
 -- leg done (not accepted/sending/unknown) and the fallback leg done (never armed, cancelled, suppressed, SMS
 -- settled) or armed without a timer (only a Failed receipt could still fire it, and one that late is not
--- acted on). Their events go with them (ON DELETE CASCADE); their applied receipts are deleted here.
+-- acted on). Their events, webhook sequences and applied receipts are deleted in the same statement (there
+-- is no foreign key to cascade: migration 0010).
 -- Served by messages_created (oldest first); held, firing and timer-armed rows are never taken.
 WITH old AS (
     SELECT id FROM messages
@@ -20,6 +21,10 @@ WITH old AS (
     FOR UPDATE SKIP LOCKED
 ), receipts_gone AS (
     DELETE FROM receipts WHERE message_id = ANY(ARRAY(SELECT id FROM old))
+), events_gone AS (
+    DELETE FROM message_events WHERE message_id = ANY(ARRAY(SELECT id FROM old))
+), sequences_gone AS (
+    DELETE FROM webhook_sequences WHERE message_id = ANY(ARRAY(SELECT id FROM old))
 )
 DELETE FROM messages WHERE id = ANY(ARRAY(SELECT id FROM old))
 RETURNING id;
