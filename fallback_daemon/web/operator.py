@@ -65,10 +65,9 @@ async def body(request: web.Request, accepted: Collection[str]) -> dict[str, Any
     raw = await request.read()
     if not raw.strip():
         return {}
-    value = validation.loads("body", raw)
+    value = validation.loads_body(raw)  # NUL / lone surrogates: Postgres cannot store them (400, not 503)
     if not isinstance(value, dict):
         raise errors.ValidationError("body", "must be a JSON object")
-    validation.check_tree("body", value)  # NUL / lone surrogates: Postgres cannot store them (400, not 503)
     for name in value:
         if name not in accepted:
             raise errors.ValidationError(str(name), f"unknown field (accepted: {', '.join(accepted)})")

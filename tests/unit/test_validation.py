@@ -339,3 +339,35 @@ def test_batch_size_cap() -> None:
     with pytest.raises(errors.ValidationError) as info:
         validation.validate_batch({"messages": [wa_text()] * 3}, max_items=2)
     assert info.value.field == "messages"
+
+
+class TestLoadsBody:
+    """loads_body: the text Postgres cannot store is refused with the path that holds it, whichever way the
+    body spells it; a body that cannot hold such text is decoded as it is."""
+
+    @pytest.mark.parametrize(
+        ("raw", "field"),
+        [
+            (b'{"To": "65\\u0000"}', "To"),  # a NUL, by escape
+            (b'{"Content": {"text": "\\ud800"}}', "Content.text"),  # a lone surrogate, by escape
+            (b'{"a\\u0000": 1}', "body"),  # in a key
+            ('{"To": "\\u0000"}'.encode("utf-16"), "To"),  # UTF-16 (with BOM), which json.loads reads too
+            ('{"To": "\\u0000"}'.encode("utf-32-le"), "To"),
+            (b'{"To": "\xed\xa0\x80"}', "To"),  # a surrogate's UTF-8 bytes (json.loads passes them through)
+        ],
+    )
+    def test_nul_and_lone_surrogates_are_refused_naming_the_path(self, raw: bytes, field: str) -> None:
+        with pytest.raises(errors.ValidationError) as exc:
+            validation.loads_body(raw)
+        assert exc.value.field == field
+
+    def test_text_without_escapes_is_decoded_as_it_is(self) -> None:
+        raw = '{"Content": {"text": "héllo 你好 \\\\u0000 literally"}}'.encode()
+        assert validation.loads_body(raw) == {"Content": {"text": "héllo 你好 \\u0000 literally"}}
+
+    @pytest.mark.parametrize("raw", [b'{"To": "a\x00"}', b"\x00", b'{"To": "\xff"}'])
+    def test_bytes_that_are_not_json_text_are_invalid_json(self, raw: bytes) -> None:
+        """A raw NUL, bytes that are not UTF-8: not JSON at all (the walk is never needed)."""
+        with pytest.raises(errors.ValidationError) as exc:
+            validation.loads_body(raw)
+        assert (exc.value.field, exc.value.problem) == ("body", "not valid JSON")
