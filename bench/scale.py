@@ -87,10 +87,16 @@ async def run(b: harness.Bench) -> harness.Result:
             next_due.append(time.perf_counter() - started)
         rss, rss_after_metrics = await daemon_rss(b, dsn)
         await conn.execute(Q["copy_to_raw"])  # the raw table gets the same million pending rows
+        t0 = time.perf_counter()
         await conn.execute(Q["analyze"])
+        analyze_s = time.perf_counter() - t0
+        # Each burst seeds its rows, then ANALYZEs the whole database, before their due time: at 10 M pending
+        # that took 3.1 s for the daemon's table (ANALYZE alone 1.1 s; session 7), more than the 1.5 s lead of
+        # scenario 1, so every row was late before the loop ran. The lead covers it with room.
+        lead_s = max(1.5, 3 * analyze_s + 1.0)
         svc = service.Service(db)
-        raw = await timers.burst(conn, svc, "raw", burst_n, first_number=pending)
-        dmn = await timers.burst(conn, svc, "daemon", burst_n, first_number=pending)
+        raw = await timers.burst(conn, svc, "raw", burst_n, first_number=pending, lead_s=lead_s)
+        dmn = await timers.burst(conn, svc, "daemon", burst_n, first_number=pending, lead_s=lead_s)
     finally:
         await db.close()
         await conn.close()
@@ -105,6 +111,7 @@ async def run(b: harness.Bench) -> harness.Result:
             "plans": plans,
             "rss_bytes": rss,
             "rss_after_metrics_bytes": rss_after_metrics,
+            "analyze_s": analyze_s,
             "burst": {"raw": raw.to_json(), "daemon": dmn.to_json()},
         }
     )
@@ -144,7 +151,8 @@ async def run(b: harness.Bench) -> harness.Result:
         raw=raw.p99,
         target="<= 1 s",
         ok=dmn.p99 <= 1.0,
-        note="" if s1 is None else f"scenario 1: {s1 * 1000:.0f} ms",
+        note=(f"scenario 1: {s1 * 1000:.0f} ms; " if s1 is not None else "")
+        + f"seeded {dmn.lead_s:.1f} s ahead, prep {dmn.prep_s:.1f} s (raw {raw.prep_s:.1f} s)",
     )
     return result
 
