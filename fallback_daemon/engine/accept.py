@@ -88,11 +88,7 @@ class Accept(Outcomes):
         )
         by_key = {r["idempotency_key"]: r for r in inserted if r["idempotency_key"] is not None}
         fresh = iter(r for r in inserted if r["idempotency_key"] is None)
-        creator: dict[str, Post] = {}
-        for post in posts:
-            row = None if post.key is None else by_key.get(post.key)
-            if row is not None and post.key not in creator and row["request_hash"] == post.request_hash:
-                creator[str(post.key)] = post
+        created: set[str] = set()  # keys whose row this group inserted and already answered as created
         missing = sorted({p.key for p in posts if p.key is not None and p.key not in by_key})
         stored: dict[str, asyncpg.Record] = {}
         lookup_error: Exception | None = None
@@ -107,7 +103,12 @@ class Accept(Outcomes):
         for post in posts:
             if post.key is None:
                 results.append(_created(next(fresh)))
-            elif creator.get(post.key) is post:
+            elif (
+                post.key in by_key
+                and post.key not in created
+                and by_key[post.key]["request_hash"] == post.request_hash
+            ):
+                created.add(post.key)
                 results.append(_created(by_key[post.key]))
             elif (row := by_key.get(post.key) or stored.get(post.key)) is not None:
                 try:
@@ -139,17 +140,16 @@ class Accept(Outcomes):
                 row. A key already stored with another digest raises errors.IdempotencyMismatch, and nothing
                 of this call is stored. A replay answers with the message's current state.
         """
-        hashes = [None if key is None else request_hash for key in keys]
         # A key that conflicted belongs to a row that is committed by now (ON CONFLICT waits for its
         # inserter). A keyed batch runs in a transaction: if one of its keys turns out to belong to another
         # request, the items inserted beside it are rolled back with the refusal.
         keyed = [k for k in keys if k is not None]
         if len(keyed) > 1:
             async with self.db.transaction() as conn:
-                inserted = await self._insert(requests, keys, hashes, conn.fetch)
+                inserted = await self._insert(requests, keys, [request_hash] * len(keys), conn.fetch)
                 existing = await _replayed(conn.fetch, inserted, keyed, request_hash)
         else:
-            inserted = await self._insert(requests, keys, hashes)
+            inserted = await self._insert(requests, keys, [request_hash] * len(keys))
             existing = await _replayed(self.db.fetch, inserted, keyed, request_hash)
         by_key = {r["idempotency_key"]: r for r in inserted if r["idempotency_key"] is not None}
         fresh = iter(r for r in inserted if r["idempotency_key"] is None)
@@ -167,7 +167,8 @@ class Accept(Outcomes):
         hashes: Sequence[str | None],
         fetch: Callable[..., Awaitable[list[asyncpg.Record]]] | None = None,
     ) -> list[asyncpg.Record]:
-        """One insert_messages statement (messages, their events, the NOTIFY): the rows it inserted."""
+        """One insert_messages statement (messages, their events, the NOTIFY): the rows it inserted. A row's
+        digest is stored only with its key."""
         cols: list[list[Any]] = [[] for _ in range(12)]
         for req, key, digest in zip(requests, keys, hashes, strict=True):
             text = self.sms_text(req)
