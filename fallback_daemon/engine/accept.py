@@ -180,7 +180,7 @@ class Accept(Outcomes):
                 req.to,
                 req.sender,
                 req.client_task_id,
-                dict(req.params),
+                store.encode_jsonb(req.params),  # $6 is text[]: see insert_messages
                 req.rule.value,
                 req.duration_s,
                 text,

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fallback_daemon.core import errors, model, validation
 
@@ -371,3 +373,83 @@ class TestLoadsBody:
         with pytest.raises(errors.ValidationError) as exc:
             validation.loads_body(raw)
         assert (exc.value.field, exc.value.problem) == ("body", "not valid JSON")
+
+
+# JSON values as json.dumps writes them, with the spellings the fast decoder must agree on: any text
+# (surrogates included, which json.dumps escapes), big and negative integers, floats incl. -0.0 and extremes.
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _reference(raw: str | bytes) -> tuple[str, Any]:
+    """What validation.loads answered before msgspec was tried: json.loads, NaN/Infinity refused."""
+    try:
+        return "value", json.loads(raw, parse_constant=validation._reject_constant)
+    except (ValueError, RecursionError):
+        return "error", None
+
+
+def _answer(raw: str | bytes) -> tuple[str, Any]:
+    try:
+        return "value", validation.loads("body", raw)
+    except errors.ValidationError:
+        return "error", None
+
+
+def _same(raw: str | bytes) -> bool:
+    """loads answers as the reference does; repr compares types too (1 vs 1.0 vs True, -0.0 vs 0.0)."""
+    (kind, got), (ref_kind, ref) = _answer(raw), _reference(raw)
+    return (kind, repr(got)) == (ref_kind, repr(ref))
+
+
+class TestFastDecode:
+    """validation.loads decodes with msgspec first: for every input it must answer exactly as json.loads did
+    (the same value, with the same types, or the same refusal)."""
+
+    @given(_json_values, st.booleans(), st.sampled_from(["utf-8", "utf-16", "utf-32-le"]))
+    @settings(max_examples=400, deadline=None)
+    def test_a_json_text_decodes_to_what_json_loads_gives(self, value: Any, ascii: bool, codec: str) -> None:
+        text = json.dumps(value, ensure_ascii=ascii)
+        for raw in (text, text.encode(codec, "surrogatepass")):
+            assert _same(raw)
+
+    @given(st.binary(max_size=40) | st.text(max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")))
+    @settings(max_examples=400, deadline=None)
+    def test_arbitrary_bytes_are_refused_or_decoded_as_json_loads_does(self, raw: bytes) -> None:
+        assert _same(raw)
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"NaN",
+            b"[1e400]",
+            b'"\\udE00"',
+            b'\xef\xbb\xbf{"a": 1}',
+            b'{"a": "\xed\xa0\x80"}',
+            b'{"a":1,"a":2}',
+        ],
+    )
+    def test_what_msgspec_refuses_gets_json_loads_verdict(self, raw: bytes) -> None:
+        """NaN (refused), 1e400 (inf), a lone surrogate (escaped or as bytes), a BOM: json.loads decides."""
+        assert _same(raw)
+
+
+def test_dumps_strings_writes_the_bytes_json_dumps_wrote_for_every_character() -> None:
+    """TemplateParams and Payload are stored (and signed into the CAMS call) as this text."""
+    for code in range(0x110000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        ch = chr(code)
+        value = {f"k{ch}": f"a{ch}b"}
+        assert validation.dumps_strings(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    items = ["plain", 'quote " and \\ backslash', "\x00\x1f\x7f\n\t", "😀 你好"]
+    assert validation.dumps_strings(items) == json.dumps(items, separators=(",", ":"), ensure_ascii=False)

@@ -3,12 +3,14 @@
 
 -- name: insert_messages --
 -- $1 idempotency_key text[], $2 channel text[], $3 to text[], $4 from text[], $5 client_task_id text[],
--- $6 params jsonb[], $7 rule text[], $8 duration_s int[], $9 sms_text text[], $10 fallback_state text[],
+-- $6 params text[] (JSON objects, cast to jsonb here: encoded by the caller, they spare the driver a
+-- per-element container check of a jsonb[] of dicts), $7 rule text[], $8 duration_s int[], $9 sms_text text[],
+-- $10 fallback_state text[],
 -- $11 timer_s float8[] (NULL: no timer), $12 request_hash text[] (NULL: no key),
 -- $13 notify channel text (NULL: no NOTIFY; else once, if a row was inserted),
 -- $14 urgent bool[] (FallBackUrgent: the fallback ignores quiet hours; guards.py)
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                          $8::int[], $9::text[], $10::text[], $11::float8[], $12::text[], $14::bool[])
            AS t(idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
                 sms_text, fallback_state, timer_s, request_hash, urgent)
@@ -16,7 +18,7 @@ WITH input AS (
     INSERT INTO messages (idempotency_key, channel, to_number, from_number, client_task_id, params,
                           fallback_rule, fallback_duration_s, sms_text, fallback_state, due_at, request_hash,
                           urgent)
-    SELECT idempotency_key, channel, to_number, from_number, client_task_id, params, rule, duration_s,
+    SELECT idempotency_key, channel, to_number, from_number, client_task_id, params::jsonb, rule, duration_s,
            sms_text, fallback_state,
            CASE WHEN timer_s IS NULL OR fallback_state <> 'armed' THEN NULL
                 ELSE now() + timer_s * interval '1 second' END,
