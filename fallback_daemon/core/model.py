@@ -39,6 +39,14 @@ class Rule(enum.StrEnum):
     UNREAD = "unread"
 
 
+# Value -> member, for stored values read on hot paths (every locked row, every accept answer): a dict is
+# ~20x cheaper than the Enum call (EnumType.__call__). An unknown value still raises (KeyError, as the call's
+# ValueError would: the database's CHECK constraints make it impossible).
+CHAT_STATES: dict[str, ChatState] = {s.value: s for s in ChatState}
+FALLBACK_STATES: dict[str, FallbackState] = {s.value: s for s in FallbackState}
+RULES: dict[str, Rule] = {s.value: s for s in Rule}
+
+
 class ReceiptStatus(enum.StrEnum):
     """Chat receipt statuses we act on (CAMS spellings); others are stored and ignored."""
 

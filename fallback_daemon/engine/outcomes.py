@@ -16,7 +16,6 @@ import asyncpg
 import structlog
 
 from fallback_daemon.core import model, policy
-from fallback_daemon.core.model import ChatState, FallbackState
 from fallback_daemon.db import sql, store
 
 log = structlog.get_logger("fallback_daemon.engine.service")
@@ -37,19 +36,11 @@ class Outcome:
     hold_reason: str | None = None
 
 
-# Value -> member, looked up per locked row: a dict is ~20x cheaper than the Enum call (EnumType.__call__)
-# and this runs for every receipt and outcome. An unknown value still raises (KeyError, as the call's
-# ValueError would: the database's CHECK constraints make it impossible).
-_CHAT = {s.value: s for s in ChatState}
-_FALLBACK = {s.value: s for s in FallbackState}
-_RULE = {s.value: s for s in model.Rule}
-
-
 def _state(row: Row) -> policy.State:
     return policy.State(
-        chat=_CHAT[row["chat_state"]],
-        fallback=_FALLBACK[row["fallback_state"]],
-        rule=_RULE[row["fallback_rule"]],
+        chat=model.CHAT_STATES[row["chat_state"]],
+        fallback=model.FALLBACK_STATES[row["fallback_state"]],
+        rule=model.RULES[row["fallback_rule"]],
         double_delivered=row["double_delivered"],
     )
 
